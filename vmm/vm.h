@@ -42,6 +42,10 @@ class Vm : public GuestPhysMemory {
   virtual Status Pause() = 0;
   virtual Status Resume() = 0;
 
+  // True when the guest's vCPUs are running (not paused by anyone). Used to record, before a
+  // transaction pauses the VM, the run state a crash recovery must restore.
+  virtual Result<bool> Running() = 0;
+
   // State of every vCPU. Requires the VM paused (kFailedPrecondition otherwise).
   virtual Result<std::vector<VcpuState>> VcpuStates() = 0;
 

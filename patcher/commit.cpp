@@ -1,0 +1,91 @@
+#include "patcher/commit.h"
+
+#include <thread>
+
+#include "base/hex.h"
+#include "vmm/page_walk.h"
+
+namespace hv::patcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::uint64_t Micros(Clock::time_point a, Clock::time_point b) {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(b - a).count());
+}
+
+vmm::PagingMode KernelMode(const vmm::VcpuState& v) {
+  return {v.cr3, v.la57(), ((v.efer >> 11) & 1) != 0};
+}
+
+}  // namespace
+
+Status Committer::WriteAll(const CommitPlan& plan) {
+  for (const auto& w : plan.phys_writes) {
+    HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
+  }
+  Step("phys_written");
+  int n = 0;
+  for (const auto& w : plan.code_writes) {
+    HV_RETURN_IF_ERROR(vm_.WriteCode(w.va, w.bytes).WithContext("writing " + w.what));
+    Step("code_written:" + std::to_string(++n));
+  }
+  return Status::Ok();
+}
+
+Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
+  CommitReport report;
+  std::vector<StackHit> last_hits;
+  for (int attempt = 1; attempt <= std::max(1, policy_.tries); ++attempt) {
+    report.tries = attempt;
+    const auto t0 = Clock::now();
+    HV_RETURN_IF_ERROR(vm_.Pause());
+    Step("paused");
+    // From here on, every path resumes before returning.
+    auto checked = [&]() -> Result<StackCheckReport> {
+      HV_ASSIGN_OR_RETURN(std::vector<vmm::VcpuState> vcpus, vm_.VcpuStates());
+      if (vcpus.empty()) return Internal("the VM reported no vCPUs");
+      HV_ASSIGN_OR_RETURN(std::vector<StackRegion> regions, stacks_.Collect(vcpus));
+      const vmm::PagingMode mode = KernelMode(vcpus[0]);
+      HV_ASSIGN_OR_RETURN(StackCheckReport r, CheckStacks(vm_, mode, vcpus, regions, plan.busy));
+      if (!r.safe()) return r;
+      // Run-pre check: the guest still holds exactly what the plan was made from.
+      for (const auto& w : plan.code_writes) {
+        if (w.expected.empty()) continue;
+        std::vector<std::uint8_t> now(w.expected.size());
+        HV_RETURN_IF_ERROR(vmm::ReadVirt(vm_, mode, w.va, now).WithContext("run-pre check of " + w.what));
+        if (now != w.expected) {
+          return FailedPrecondition("run-pre check failed for " + w.what + " at " + Hex(w.va) +
+                                    ": expected " + HexBytes(w.expected) + ", found " + HexBytes(now));
+        }
+      }
+      return r;
+    }();
+    if (!checked.ok()) {
+      Status resumed = vm_.Resume();
+      if (!resumed.ok()) return checked.status().WithContext("(and resume failed: " + resumed.message() + ")");
+      return checked.status();
+    }
+    report.threads_scanned = checked->threads_scanned;
+    report.bytes_scanned = checked->bytes_scanned;
+    if (checked->safe()) {
+      Step("checked");
+      Status written = WriteAll(plan);
+      Status resumed = vm_.Resume();
+      const auto t1 = Clock::now();
+      report.pause_us = Micros(t0, t1);
+      report.pause_us_per_try.push_back(report.pause_us);
+      if (!written.ok()) return written;
+      HV_RETURN_IF_ERROR(resumed.WithContext("resuming the VM"));
+      Step("resumed");
+      return report;
+    }
+    last_hits = checked->hits;
+    HV_RETURN_IF_ERROR(vm_.Resume().WithContext("resuming the VM after a busy check"));
+    report.pause_us_per_try.push_back(Micros(t0, Clock::now()));
+    if (attempt < policy_.tries) std::this_thread::sleep_for(policy_.backoff);
+  }
+  return Busy("code busy after " + std::to_string(report.tries) + " tries: " + DescribeHits(last_hits));
+}
+
+}  // namespace hv::patcher

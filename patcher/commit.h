@@ -1,0 +1,96 @@
+// The commit: every function of a patch switches in one pause of all vCPUs, or none does.
+//
+//   pause -> vCPU state -> stacks (StackSource) -> CheckStacks -> run-pre check ->
+//   physical writes (arena, page tables) -> code writes (trampolines) -> resume
+//
+// On a stack hit it resumes, waits `backoff` and tries again, `tries` times in all (Ksplice: 5
+// tries, 1 s apart), then fails with kBusy naming every blocking task and function. The caller
+// records the transaction in the ledger before calling (write-ahead): nothing here is written
+// before the check passes, and a failed check leaves the guest untouched.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "patcher/stack_check.h"
+#include "vmm/vm.h"
+
+namespace hv::patcher {
+
+// Guest-physical bytes written with a plain host write: memory the guest never executed.
+struct PhysWrite {
+  std::uint64_t gpa = 0;
+  std::vector<std::uint8_t> bytes;
+  std::string what;  // for messages
+};
+
+// Bytes written as code (Vm::WriteCode, so TCG drops stale translations). With `expected`
+// non-empty, the bytes at `va` must equal it inside the pause (Ksplice's run-pre check), or the
+// commit fails with kFailedPrecondition before any write.
+struct CodeWrite {
+  std::uint64_t va = 0;
+  std::vector<std::uint8_t> expected;
+  std::vector<std::uint8_t> bytes;
+  std::string what;
+};
+
+struct CommitPlan {
+  std::vector<PhysWrite> phys_writes;  // first
+  std::vector<CodeWrite> code_writes;  // then, in order (trampolines last)
+  std::vector<CodeRange> busy;         // code that must not be in use
+};
+
+// Produces the stacks to scan, inside the pause (the task list changes while the guest runs).
+class StackSource {
+ public:
+  virtual ~StackSource() = default;
+  virtual Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) = 0;
+};
+
+struct RetryPolicy {
+  int tries = 5;
+  std::chrono::milliseconds backoff{1000};
+};
+
+struct CommitReport {
+  int tries = 0;
+  std::uint64_t pause_us = 0;  // the successful pause: from asking for it to resume done
+  std::vector<std::uint64_t> pause_us_per_try;
+  std::size_t threads_scanned = 0;
+  std::uint64_t bytes_scanned = 0;
+};
+
+// Test hook, called with the name of each step as it starts: "paused", "checked",
+// "phys_written", "code_written:N" (after the Nth code write), "resumed". A crash test makes it
+// stop the process to prove recovery.
+using StepHook = std::function<void(std::string_view step)>;
+
+class Committer {
+ public:
+  Committer(vmm::Vm& vm, StackSource& stacks, RetryPolicy policy, StepHook hook = {})
+      : vm_(vm), stacks_(stacks), policy_(policy), hook_(std::move(hook)) {}
+
+  // Errors: kBusy (stack hits after every try; message names pid, comm and function),
+  // kFailedPrecondition (run-pre mismatch, unreadable stack), and any Vm error (after which the
+  // VM is resumed if this call paused it).
+  Result<CommitReport> Commit(const CommitPlan& plan);
+
+ private:
+  void Step(std::string_view s) {
+    if (hook_) hook_(s);
+  }
+  Status WriteAll(const CommitPlan& plan);
+
+  vmm::Vm& vm_;
+  StackSource& stacks_;
+  RetryPolicy policy_;
+  StepHook hook_;
+};
+
+}  // namespace hv::patcher

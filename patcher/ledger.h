@@ -1,0 +1,97 @@
+// The per-VM ledger: what hvpatch has written into one guest, in stack order, so that `list`,
+// `revert` and crash recovery never depend on memory of a previous process.
+//
+// Write-ahead rule: a patch is recorded in state kApplying (with every original byte it will
+// overwrite and every arena range it will fill) BEFORE the first guest write, and moved to kApplied
+// after the last one. Revert records kReverting before restoring bytes. A record found in a
+// transitional state by the next invocation means that process died mid-transaction; the recovery
+// (PatchEngine::Recover) compares the guest's bytes with the record and finishes the job one way
+// or the other.
+//
+// This file is the data model only; LedgerStore persists it (the host implementation is a
+// crash-safe JSON file, cli/ledger_file.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace hv::patcher {
+
+enum class PatchState { kApplying, kApplied, kReverting };
+std::string_view PatchStateName(PatchState s);
+
+// One replaced function: where its trampoline sits, what was there, what we put there.
+struct LedgerFunction {
+  std::string name;           // old_name
+  std::string object;         // "vmlinux" or a module name
+  std::uint64_t sympos = 0;   // as requested by the patch (0 = unique)
+  std::uint64_t old_addr = 0; // the old function's address
+  std::uint64_t old_size = 0;
+  std::uint64_t site = 0;     // trampoline address (old_addr, or old_addr+4 after endbr64)
+  std::vector<std::uint8_t> original;    // bytes at `site` before this patch (5)
+  std::vector<std::uint8_t> trampoline;  // bytes this patch wrote at `site` (5)
+  std::uint64_t new_addr = 0;  // the replacement's address in the arena
+  std::uint64_t new_size = 0;
+};
+
+// A run of arena pages owned by a patch.
+struct ArenaRange {
+  std::uint64_t offset = 0;  // from the arena base
+  std::uint64_t size = 0;
+  bool executable = false;
+  bool writable = false;
+};
+
+struct LedgerPatch {
+  std::string name;
+  std::string build_id;  // of the .ko (sha256 of the file), to tell two builds apart
+  PatchState state = PatchState::kApplying;
+  std::vector<LedgerFunction> functions;
+  std::vector<ArenaRange> arena;
+  std::int64_t applied_at = 0;  // unix seconds
+};
+
+// How the arena is mapped into the guest (kept while any patch uses it).
+struct ArenaMapping {
+  bool mapped = false;
+  std::uint64_t base_va = 0;        // the 2 MiB slot in the kernel-image window
+  std::uint64_t bar_gpa = 0;        // the device's BAR2
+  std::uint64_t size = 0;
+  std::uint64_t pmd_entry_gpa = 0;  // where the PMD entry was written
+  std::uint64_t pmd_entry = 0;      // the value written
+  // Arena pages (by index) that have held code the guest may have run: rewriting them must go
+  // through Vm::WriteCode so TCG drops its translations.
+  std::vector<std::uint32_t> executed_pages;
+};
+
+struct Ledger {
+  std::string vm_identity;
+  std::string kernel_build_id;  // the guest kernel the ledger's addresses belong to
+  ArenaMapping arena;
+  std::vector<LedgerPatch> patches;  // stack order: the last one is on top
+  // Set while a process holds the VM paused: if it dies, the next run restores the run state.
+  bool paused_by_hvpatch = false;
+  bool was_running = false;
+
+  LedgerPatch* Find(std::string_view name);
+  const LedgerPatch* Find(std::string_view name) const;
+  // The topmost applied patch that replaces `site`, or nullptr.
+  const LedgerPatch* TopAt(std::uint64_t site) const;
+};
+
+// Persistence for one VM's ledger. Save() must be atomic and durable when it returns Ok: after a
+// crash, Load() sees either the old or the new ledger, never a mix.
+class LedgerStore {
+ public:
+  virtual ~LedgerStore() = default;
+  // An empty ledger if none was saved yet.
+  virtual Result<Ledger> Load() = 0;
+  virtual Status Save(const Ledger& ledger) = 0;
+  // Where it lives, for messages.
+  virtual std::string Describe() const = 0;
+};
+
+}  // namespace hv::patcher

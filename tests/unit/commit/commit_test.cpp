@@ -1,0 +1,141 @@
+#include "patcher/commit.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "fake_vm.h"
+#include "status_matchers.h"
+
+namespace hv::patcher {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using hv::testing::FakeVm;
+
+constexpr std::uint64_t kText = 0xffffffff81000000ull;
+constexpr std::uint64_t kOld = kText + 0x1000;      // the function being replaced, 0x80 bytes
+constexpr std::uint64_t kStack = 0xffffc90000010000ull;  // a 16 KiB task stack
+const std::vector<std::uint8_t> kNop5 = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+const std::vector<std::uint8_t> kJmp = {0xe9, 0x11, 0x22, 0x33, 0x44};
+
+class ListedStacks : public StackSource {
+ public:
+  Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState>) override {
+    ++calls;
+    if (calls_until_idle > 0 && --calls_until_idle == 0) busy_word_at = 0;
+    return regions;
+  }
+  std::vector<StackRegion> regions;
+  int calls = 0;
+  int calls_until_idle = 0;
+  std::uint64_t busy_word_at = 0;
+};
+
+class CommitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    vm_.MapRange(kText, 0x4000);
+    vm_.MapRange(kStack, 0x4000);
+    vm_.PokeVirt(kOld, kNop5);
+    stacks_.regions = {{42, 42, "sleep", kStack + 0x3f00, kStack + 0x4000, "task"}};
+    plan_.busy = {{kOld, kOld + 0x80, "do_nanosleep"}};
+    plan_.code_writes = {{kOld, kNop5, kJmp, "trampoline of 'do_nanosleep'"}};
+  }
+  void PlantReturnAddress() {
+    std::vector<std::uint8_t> w(8);
+    const std::uint64_t ra = kOld + 0x40;
+    std::memcpy(w.data(), &ra, 8);
+    vm_.PokeVirt(kStack + 0x3f80, w);
+  }
+  FakeVm vm_;
+  ListedStacks stacks_;
+  CommitPlan plan_;
+};
+
+TEST_F(CommitTest, WritesTrampolineInOnePauseAndRestoresRunState) {
+  Committer c(vm_, stacks_, {5, std::chrono::milliseconds(0)});
+  auto r = c.Commit(plan_);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->tries, 1);
+  EXPECT_EQ(vm_.pauses_, 1);
+  EXPECT_TRUE(*vm_.Running());
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kJmp);
+  EXPECT_EQ(r->threads_scanned, 1u);
+  EXPECT_EQ(r->bytes_scanned, 0x100u);
+}
+
+TEST_F(CommitTest, BusyStackRetriesThenNamesTheTaskAndLeavesGuestUntouched) {
+  PlantReturnAddress();
+  std::vector<std::string> steps;
+  Committer c(vm_, stacks_, {3, std::chrono::milliseconds(1)},
+              [&](std::string_view s) { steps.emplace_back(s); });
+  auto r = c.Commit(plan_);
+  EXPECT_THAT(r, StatusIs(Code::kBusy, "code busy after 3 tries: pid 42 (sleep) in do_nanosleep"));
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kNop5);
+  EXPECT_EQ(stacks_.calls, 3);
+  EXPECT_TRUE(*vm_.Running());
+  EXPECT_THAT(steps, ElementsAre("paused", "paused", "paused"));
+  EXPECT_TRUE(vm_.log.empty());
+}
+
+TEST_F(CommitTest, VcpuExecutingTheOldFunctionIsBusy) {
+  vm_.rips = {0, kOld + 3};
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  EXPECT_THAT(c.Commit(plan_), StatusIs(Code::kBusy, HasSubstr("vCPU 1 RIP in do_nanosleep")));
+}
+
+TEST_F(CommitTest, RunPreMismatchFailsBeforeAnyWrite) {
+  vm_.PokeVirt(kOld, {0xe8, 0, 0, 0, 0});  // ftrace took the function meanwhile
+  plan_.phys_writes = {{0x100000, {1, 2, 3}, "arena"}};
+  Committer c(vm_, stacks_, {5, std::chrono::milliseconds(0)});
+  EXPECT_THAT(c.Commit(plan_),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("expected 0f 1f 44 00 00, found e8 00 00 00 00")));
+  EXPECT_TRUE(vm_.log.empty());
+  EXPECT_TRUE(*vm_.Running());
+}
+
+TEST_F(CommitTest, OperatorPausedVmStaysPaused) {
+  ASSERT_THAT(vm_.Pause(), IsOk());  // the operator's pause
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  ASSERT_THAT(c.Commit(plan_), IsOk());
+  EXPECT_FALSE(*vm_.Running());
+}
+
+TEST_F(CommitTest, WriteFailureStillResumes) {
+  vm_.fail_code_writes = true;
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  EXPECT_THAT(c.Commit(plan_), StatusIs(Code::kInternal, HasSubstr("writing trampoline of 'do_nanosleep'")));
+  EXPECT_TRUE(*vm_.Running());
+}
+
+TEST_F(CommitTest, StepsAreReportedInOrder) {
+  plan_.phys_writes = {{0x100000, {1}, "arena"}};
+  std::vector<std::string> steps;
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)},
+              [&](std::string_view s) { steps.emplace_back(s); });
+  ASSERT_THAT(c.Commit(plan_), IsOk());
+  EXPECT_THAT(steps, ElementsAre("paused", "checked", "phys_written", "code_written:1", "resumed"));
+  EXPECT_THAT(vm_.log, ElementsAre("phys 0x100000", "code 0xffffffff81001000"));
+}
+
+TEST(StackCheckTest, RejectsAbsurdRegionsAndUnreadableStacks) {
+  FakeVm vm;
+  std::vector<vmm::VcpuState> vcpus;
+  std::vector<CodeRange> ranges = {{kOld, kOld + 16, "f"}};
+  std::vector<StackRegion> huge = {{1, 1, "x", kStack, kStack + (1 << 20), "task"}};
+  EXPECT_THAT(CheckStacks(vm, vm.Mode(), vcpus, huge, ranges),
+              StatusIs(Code::kInvalidArgument, HasSubstr("bad range")));
+  std::vector<StackRegion> unmapped = {{7, 8, "kworker", kStack, kStack + 64, "task"}};
+  EXPECT_THAT(CheckStacks(vm, vm.Mode(), vcpus, unmapped, ranges),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("stack of pid 8 ('kworker')")));
+  std::vector<StackRegion> dead = {{9, 9, "zombie", 0, 0, "task"}};
+  auto r = CheckStacks(vm, vm.Mode(), vcpus, dead, ranges);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->safe());
+  EXPECT_EQ(r->threads_scanned, 0u);
+}
+
+}  // namespace
+}  // namespace hv::patcher

@@ -1,0 +1,110 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "cli/ledger_file.h"
+#include "cli/vm_lock.h"
+#include "status_matchers.h"
+
+namespace hv::cli {
+namespace {
+
+using ::testing::HasSubstr;
+
+class StateDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char t[] = "/tmp/hvpatch-state-XXXXXX";
+    ASSERT_NE(mkdtemp(t), nullptr);
+    dir_ = t;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+patcher::Ledger SampleLedger() {
+  patcher::Ledger l;
+  l.vm_identity = "uuid-1";
+  l.kernel_build_id = "abcd";
+  l.paused_by_hvpatch = true;
+  l.was_running = true;
+  l.arena = {true, 0xffffffffa6600000ull, 0xfe000000, 2 << 20, 0x1234000, 0xfe0001e3, {1, 2}};
+  patcher::LedgerPatch p;
+  p.name = "hvp_sample";
+  p.build_id = "ff";
+  p.state = patcher::PatchState::kApplying;
+  p.functions.push_back({"cmdline_proc_show", "vmlinux", 0, 0xffffffff81000000ull, 0x40,
+                         0xffffffff81000000ull, {0x0f, 0x1f, 0x44, 0, 0}, {0xe9, 1, 2, 3, 4},
+                         0xffffffffa6601000ull, 0x20});
+  p.arena.push_back({0x1000, 0x1000, true, false});
+  l.patches.push_back(p);
+  return l;
+}
+
+TEST_F(StateDirTest, LedgerRoundTripsThroughTheFile) {
+  LedgerFile f(dir_ + "/vm.json");
+  auto empty = f.Load();
+  ASSERT_THAT(empty, IsOk());
+  EXPECT_TRUE(empty->patches.empty());
+  ASSERT_THAT(f.Save(SampleLedger()), IsOk());
+  auto l = f.Load();
+  ASSERT_THAT(l, IsOk());
+  ASSERT_EQ(l->patches.size(), 1u);
+  const auto& fn = l->patches[0].functions.at(0);
+  EXPECT_EQ(fn.original, (std::vector<std::uint8_t>{0x0f, 0x1f, 0x44, 0, 0}));
+  EXPECT_EQ(fn.trampoline, (std::vector<std::uint8_t>{0xe9, 1, 2, 3, 4}));
+  EXPECT_EQ(l->patches[0].state, patcher::PatchState::kApplying);
+  EXPECT_EQ(l->arena.pmd_entry, 0xfe0001e3u);
+  EXPECT_EQ(l->arena.executed_pages, (std::vector<std::uint32_t>{1, 2}));
+  EXPECT_TRUE(l->paused_by_hvpatch);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/vm.json.tmp"));
+}
+
+TEST_F(StateDirTest, CorruptLedgerIsNamed) {
+  std::ofstream(dir_ + "/vm.json") << "{\"format\": 1, \"vm\": ";
+  LedgerFile f(dir_ + "/vm.json");
+  EXPECT_THAT(f.Load(), StatusIs(Code::kInvalidArgument, HasSubstr("ledger '" + dir_ + "/vm.json' is corrupt")));
+}
+
+TEST_F(StateDirTest, SecondLockHolderIsRefusedNamingTheFirstPid) {
+  const std::string path = dir_ + "/vm.lock";
+  auto first = VmLock::Acquire(path, "vm1", std::chrono::milliseconds(0));
+  ASSERT_THAT(first, IsOk());
+  // flock locks belong to the open file description: a child process contends like another tool.
+  pid_t child = fork();
+  if (child == 0) {
+    auto second = VmLock::Acquire(path, "vm1", std::chrono::milliseconds(100));
+    const bool ok = !second.ok() && second.status().code() == Code::kBusy &&
+                    second.status().message() ==
+                        "VM 'vm1' is locked by hvpatch pid " + std::to_string(getppid());
+    _exit(ok ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+TEST_F(StateDirTest, LockIsReleasedWhenTheHolderDies) {
+  const std::string path = dir_ + "/vm.lock";
+  pid_t child = fork();
+  if (child == 0) {
+    auto l = VmLock::Acquire(path, "vm1", std::chrono::milliseconds(0));
+    _exit(l.ok() ? 0 : 1);  // dies holding it
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_THAT(VmLock::Acquire(path, "vm1", std::chrono::milliseconds(0)), IsOk());
+}
+
+TEST(StateFileStemTest, MakesAnyIdentitySafe) {
+  EXPECT_EQ(StateFileStem("qmp:/tmp/x y/qmp.sock"), "qmp__tmp_x_y_qmp.sock");
+  EXPECT_EQ(StateFileStem(""), "vm");
+}
+
+}  // namespace
+}  // namespace hv::cli
