@@ -73,6 +73,16 @@ class ElfEditor {
   Elf64_Sym Symbol(int i) const { return Get<Elf64_Sym>(SymOffset(i)); }
   void SetSymbol(int i, const Elf64_Sym& s) { Put(SymOffset(i), s); }
 
+  // Overwrites symbol `i`'s name in the string table with `name` (no longer than the old one).
+  void RenameSymbol(int i, std::string_view name) {
+    const Elf64_Shdr st = Shdr(SectionIndex(".symtab"));
+    const std::uint64_t at = Shdr(static_cast<int>(st.sh_link)).sh_offset + Symbol(i).st_name;
+    const std::size_t old = std::strlen(reinterpret_cast<const char*>(b_->data() + at));
+    if (name.size() > old) throw std::runtime_error("new name is longer");
+    std::memset(b_->data() + at, 0, old);
+    std::memcpy(b_->data() + at, name.data(), name.size());
+  }
+
   // Replaces the first occurrence of `from` in the file with `to` (same length).
   void ReplaceString(std::string_view from, std::string_view to) {
     if (from.size() != to.size()) throw std::runtime_error("length differs");

@@ -1,0 +1,102 @@
+// From a loaded patch module to the bytes the arena receives: choose the sections the new
+// functions need (SelectImage), then place and relocate them against the guest (Link).
+//
+// What is copied: starting from the sections of the new functions, every section their
+// relocations reach, transitively. The module's own plumbing never is: the klp tables and the
+// init/exit functions (MetadataRange: zeroed, or int3 in code), THIS_MODULE, .modinfo, __versions.
+//
+// Sections that only tell an in-guest loader about the code (they point INTO copied code) are
+// either ignored or refused. Ignored, because the code is correct without them:
+//   __mcount_loc, __patchable_function_entries   ftrace call sites: hvpatch turns each
+//                                                `call __fentry__` into a 5-byte nop itself
+//   .return_sites, .retpoline_sites, .call_sites  where the kernel may rewrite `jmp
+//                                                __x86_return_thunk` / `call __x86_indirect_thunk_*`
+//                                                into cheaper forms. Left alone, those sites call
+//                                                the guest's own thunks, which the guest already
+//                                                set up for its mitigations: correct, maybe slower
+//   .orc_unwind, .orc_unwind_ip                  unwind tables: without them the guest's ORC
+//                                                unwinder cannot walk through arena code (oops
+//                                                backtraces and in-guest livepatch's reliable
+//                                                stacks stop there); execution is unaffected
+//   .smp_locks                                   LOCK prefixes the kernel could drop on one CPU;
+//                                                keeping them is always correct
+//   .ibt_endbr_seal, _kprobe_blacklist           IBT sealing (off in the test kernel) and kprobe
+//                                                hints
+// Refused, because the code would misbehave without the kernel's help (kUnimplemented, naming
+// the function and the section): __ex_table (a fault in user access would oops), .altinstructions
+// / .altinstr_replacement (the unpatched instruction may be wrong, e.g. no STAC before a user
+// access), __jump_table (static keys stuck at their default), .static_call_sites /
+// .static_call.text, .parainstructions, __bug_table (WARN/BUG's ud2 would be an unknown oops),
+// .data..percpu (module per-cpu variables need per-cpu space), tracepoints, trace events,
+// dynamic debug, module parameters and exports. Any other non-standard section that points into
+// copied code is refused as unknown.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "patcher/arena_layout.h"
+#include "patcher/patch_module.h"
+#include "patcher/symbol_resolver.h"
+
+namespace hv::patcher {
+
+// One module section in the image: where it goes within its memory class.
+struct PlacedSection {
+  std::uint32_t section = 0;  // index in PatchModule::sections()
+  MemoryClass memory = MemoryClass::kCode;
+  std::uint64_t offset = 0;  // from the start of the class's area (aligned as the section asks)
+  std::uint64_t size = 0;
+};
+
+// The sections to copy, and how big each memory class's area is.
+struct PatchImage {
+  std::vector<PlacedSection> sections;
+  std::array<std::uint64_t, kMemoryClasses> size{};  // bytes per MemoryClass
+
+  const PlacedSection* Find(std::uint32_t section) const;
+  // Size of a class rounded up to whole arena pages.
+  std::uint32_t Pages(MemoryClass c) const;
+};
+
+// Chooses the sections (see the file comment). Pure: depends on the module only.
+// Errors (kUnimplemented): a copied function needs a refused section ("function 'hvp_foo' needs
+// section '__ex_table' (exception table): not supported"), refers to the module's plumbing (klp
+// tables, THIS_MODULE), or needs a section aligned to more than a page.
+// kInvalidArgument: a relocation of copied code points to a non-allocated section, or COMMON
+// symbols.
+Result<PatchImage> SelectImage(const PatchModule& module);
+
+// A new function at its final address.
+struct LinkedFunction {
+  KlpFunction klp;
+  std::uint64_t new_va = 0;
+};
+
+// The relocated bytes of each memory class, ready to be written at `base[class]`.
+struct LinkedPatch {
+  std::array<std::uint64_t, kMemoryClasses> base{};
+  std::array<std::vector<std::uint8_t>, kMemoryClasses> bytes;  // image.size[class] bytes each
+  std::vector<LinkedFunction> functions;
+  std::size_t fentry_nops = 0;  // `call __fentry__` sites turned into nops
+};
+
+// Places `image` with class `c` starting at `base[c]` (page aligned) and applies every relocation
+// of the copied sections: R_X86_64_64, PC32, PLT32, 32, 32S (overflow checked for the 32-bit
+// kinds). Symbols defined in the module resolve to their new address; undefined ones through
+// `resolver` with object "" (any object, non-exported included), livepatch's `.klp.sym.OBJ.NAME,POS`
+// symbols with that object and position. Per-cpu symbols resolve to their per-cpu offset.
+// `call __fentry__` becomes the 5-byte nop 0f 1f 44 00 00.
+// Errors (prefixed "linking patch 'NAME'"): kInvalidArgument for an unsupported relocation type
+// ("section '.rela.text' entry 12: unsupported relocation type R_X86_64_GOTPCREL"), an overflow
+// (e.g. a PC-relative reference to a per-cpu symbol, or the arena out of rel32 reach), a
+// relocation that does not fit its section; the resolver's kNotFound / kInvalidArgument with the
+// symbol and the function that refers to it.
+Result<LinkedPatch> Link(const PatchModule& module, const PatchImage& image,
+                         const SymbolResolver& resolver,
+                         const std::array<std::uint64_t, kMemoryClasses>& base);
+
+}  // namespace hv::patcher
