@@ -1,0 +1,82 @@
+// A gdb remote-protocol client for QEMU's gdbstub over a unix socket. The wire format is in
+// rsp_codec.h; this class owns the socket, acks, retransmits and stop-reply bookkeeping.
+//
+// QEMU sends a stop reply ("T02thread:01;") whenever the VM stops while a debugger is
+// attached: on attach (the attach itself stops the VM), and on every QMP `stop`. Those
+// replies answer nothing we asked, so Command() skips them and counts them.
+//
+// QEMU's gdbstub stops a running VM on any byte it receives (gdbstub.c gdb_read_byte), so
+// callers must use this client only while the VM is paused.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "vmm/rsp_codec.h"
+
+namespace hv::vmm {
+
+class GdbStubClient {
+ public:
+  // Connects to a gdbstub listening on the unix socket `path` and drains the stop reply QEMU
+  // sends on attach (waiting up to `attach_wait_ms` for it). Errors: kUnavailable when the
+  // socket cannot be connected.
+  static Result<std::unique_ptr<GdbStubClient>> Connect(const std::string& path, int timeout_ms,
+                                                        int attach_wait_ms = 1000);
+  ~GdbStubClient();
+  GdbStubClient(const GdbStubClient&) = delete;
+  GdbStubClient& operator=(const GdbStubClient&) = delete;
+
+  // Sends `payload` and returns the first reply that is not a stop reply. Errors:
+  //   kDeadlineExceeded  no reply within the timeout (QEMU drops oversize packets silently)
+  //   kIo / kUnavailable the socket failed or closed
+  //   kInvalidArgument   the stub sent garbage (oversize packet, repeated bad checksums)
+  Result<std::string> Command(std::string_view payload);
+
+  // Reads and acks whatever stop replies are already waiting, without blocking. Returns how
+  // many there were. Errors as Command().
+  Result<int> DrainStopReplies();
+
+  // Qqemu.PhyMemMode:1 / :0: m and M then address guest-physical memory.
+  Status SetPhysicalMode(bool physical);
+  // Thread ids from qfThreadInfo/qsThreadInfo: one per vCPU in vCPU order (bounded to 4096).
+  Result<std::vector<std::string>> Threads();
+  // Hg<thread>: the thread whose registers `g` reads.
+  Status SelectThread(std::string_view thread);
+  // The decoded `g` reply of the selected thread.
+  Result<std::vector<std::uint8_t>> ReadRegisters();
+  // qXfer:<object>:read:<annex>, bounded to `max_bytes`.
+  Result<std::string> ReadXfer(std::string_view object, std::string_view annex,
+                               std::size_t max_bytes = 1u << 20);
+  // m, split into QEMU-sized requests. Errors: kFailedPrecondition when the stub refuses
+  // (unmapped address), naming the address.
+  Status ReadMemory(std::uint64_t addr, std::span<std::uint8_t> out);
+  // M, split so no packet exceeds what QEMU 7.2 accepts (see kQemuMaxWriteBytes).
+  Status WriteMemory(std::uint64_t addr, std::span<const std::uint8_t> data);
+
+  int unsolicited_stops() const { return unsolicited_stops_; }
+
+ private:
+  GdbStubClient(int fd, std::string path, int timeout_ms);
+  Status SendRaw(std::string_view bytes);
+  // Reads into the decoder; `wait_ms` 0 means only what is already there. Returns false
+  // when nothing arrived in time.
+  Result<bool> Fill(int wait_ms);
+  // Handles decoder events until a packet arrives (returned) or the deadline passes.
+  Result<std::string> NextPacket(int timeout_ms);
+
+  int fd_ = -1;
+  std::string path_;
+  int timeout_ms_;
+  RspDecoder decoder_;
+  std::string last_sent_;
+  int unsolicited_stops_ = 0;
+  Status broken_;
+};
+
+}  // namespace hv::vmm

@@ -1,0 +1,479 @@
+#include "vmm/qemu_vm.h"
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "base/hex.h"
+#include "vmm/page_walk.h"
+
+namespace hv::vmm {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::uint16_t kIvshmemVendor = 0x1af4;
+constexpr std::uint16_t kIvshmemDevice = 0x1110;
+constexpr std::size_t kMaxCodeWrite = 1u << 20;
+constexpr std::size_t kSampleBytes = 256;
+constexpr std::size_t kMaxProcFile = 64u << 20;
+
+Result<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return ErrnoError("opening '" + path + "'", errno);
+  std::string out;
+  char buf[65536];
+  while (f.read(buf, sizeof(buf)) || f.gcount() > 0) {
+    out.append(buf, static_cast<std::size_t>(f.gcount()));
+    if (out.size() > kMaxProcFile) return InvalidArgument("'" + path + "' is larger than 64 MiB");
+  }
+  return out;
+}
+
+std::uint64_t JsonU64(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_unsigned() ? it->get<std::uint64_t>() : 0;
+}
+
+std::string JsonString(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// Finds ivshmem-plain devices in a query-pci reply, descending into bridges (bounded).
+void CollectIvshmem(const json& devices, int depth, std::vector<json>& out) {
+  if (!devices.is_array() || depth > 8) return;
+  for (const json& d : devices) {
+    if (!d.is_object()) continue;
+    auto id = d.find("id");
+    if (id != d.end() && id->is_object() && JsonU64(*id, "vendor") == kIvshmemVendor &&
+        JsonU64(*id, "device") == kIvshmemDevice) {
+      out.push_back(d);
+    }
+    auto bridge = d.find("pci_bridge");
+    if (bridge != d.end() && bridge->is_object()) {
+      auto sub = bridge->find("devices");
+      if (sub != bridge->end()) CollectIvshmem(*sub, depth + 1, out);
+    }
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<QemuVm>> QemuVm::Connect(const std::string& qmp_path, const QemuVmOptions& options) {
+  std::unique_ptr<QemuVm> vm(new QemuVm());
+  Status s = vm->Setup(qmp_path, options);
+  if (!s.ok()) return s.WithContext("opening QEMU at 'qmp:" + qmp_path + "'");
+  return vm;
+}
+
+QemuVm::~QemuVm() {
+  // A Vm dropped mid-pause must not leave the guest stopped behind the operator's back.
+  if (pause_depth_ > 0 && resume_on_outer_ && qmp_) (void)qmp_->Execute("cont");
+  if (gdb_) {
+    gdb_.reset();
+    if (qmp_) (void)qmp_->Hmp("gdbserver none");
+  }
+  if (!gdb_dir_.empty()) {
+    unlink((gdb_dir_ + "/gdb.sock").c_str());
+    rmdir(gdb_dir_.c_str());
+  }
+}
+
+Status QemuVm::Setup(const std::string& qmp_path, const QemuVmOptions& options) {
+  qmp_path_ = qmp_path;
+  qmp::QmpOptions qo;
+  qo.timeout_ms = options.qmp_timeout_ms;
+  HV_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, qo));
+  HV_ASSIGN_OR_RETURN(const bool was_running, Running());
+  HV_RETURN_IF_ERROR(FindPid());
+  HV_ASSIGN_OR_RETURN(json uuid, qmp_->Execute("query-uuid"));
+  uuid_ = JsonString(uuid, "UUID");
+  HV_RETURN_IF_ERROR(DiscoverArena());
+  HV_RETURN_IF_ERROR(DiscoverMemory());
+  // The gdbstub attach stops the VM; from here on it must be restarted on every path.
+  Status s = StartGdbStub(options);
+  if (s.ok()) s = VerifyFastPath();
+  if (was_running) {
+    Status c = qmp_->Execute("cont").status();
+    if (s.ok() && !c.ok()) s = c.WithContext("resuming after the gdbstub attach");
+  }
+  return s;
+}
+
+Result<bool> QemuVm::Running() {
+  HV_ASSIGN_OR_RETURN(json st, qmp_->Execute("query-status"));
+  auto it = st.find("running");
+  if (it == st.end() || !it->is_boolean()) return InvalidArgument("query-status has no 'running'");
+  return it->get<bool>();
+}
+
+Status QemuVm::FindPid() {
+  HV_ASSIGN_OR_RETURN(json cpus, qmp_->Execute("query-cpus-fast"));
+  if (!cpus.is_array() || cpus.empty()) return InvalidArgument("query-cpus-fast lists no vCPUs");
+  for (const json& cpu : cpus) {
+    const std::uint64_t tid = JsonU64(cpu, "thread-id");
+    if (tid == 0 || tid > INT_MAX) return InvalidArgument("query-cpus-fast gives no thread id");
+    // A vCPU thread's Tgid is QEMU's pid. This holds however QEMU was started (libvirt,
+    // daemonized, in a wrapper) as long as we share its pid namespace.
+    const std::string status_path = "/proc/" + std::to_string(tid) + "/status";
+    HV_ASSIGN_OR_RETURN(std::string status, ReadTextFile(status_path));
+    const std::size_t at = status.find("\nTgid:");
+    if (at == std::string::npos) return InvalidArgument("'" + status_path + "' has no Tgid");
+    const long tgid = std::strtol(status.c_str() + at + 6, nullptr, 10);
+    if (tgid <= 0) return InvalidArgument("'" + status_path + "' has a bad Tgid");
+    if (pid_ != -1 && pid_ != tgid) {
+      return FailedPrecondition("vCPU threads belong to processes " + std::to_string(pid_) + " and " +
+                                std::to_string(tgid));
+    }
+    pid_ = static_cast<pid_t>(tgid);
+  }
+  return Status::Ok();
+}
+
+Status QemuVm::DiscoverArena() {
+  arena_status_ = NotFound("no ivshmem-plain device (vendor 0x1af4, device 0x1110)")
+                      .WithHint("start QEMU with -object memory-backend-file,id=arena,size=2M,"
+                                "mem-path=/dev/shm/NAME,share=on -device ivshmem-plain,memdev=arena,"
+                                "master=on");
+  HV_ASSIGN_OR_RETURN(json pci, qmp_->Execute("query-pci"));
+  std::vector<json> found;
+  if (pci.is_array()) {
+    for (const json& bus : pci) {
+      if (bus.is_object() && bus.contains("devices")) CollectIvshmem(bus["devices"], 0, found);
+    }
+  }
+  if (found.empty()) return Status::Ok();
+  const json& dev = found.front();
+  ArenaDevice a;
+  char addr[32];
+  std::snprintf(addr, sizeof(addr), "%02x:%02x.%x", static_cast<unsigned>(JsonU64(dev, "bus")),
+                static_cast<unsigned>(JsonU64(dev, "slot")), static_cast<unsigned>(JsonU64(dev, "function")));
+  a.pci_address = addr;
+  if (dev.contains("regions") && dev["regions"].is_array()) {
+    for (const json& r : dev["regions"]) {
+      if (r.is_object() && JsonU64(r, "bar") == 2 && JsonString(r, "type") == "memory") {
+        a.bar_gpa = JsonU64(r, "address");
+        a.size = JsonU64(r, "size");
+      }
+    }
+  }
+  if (a.size == 0 || a.bar_gpa == 0 || a.bar_gpa == ~0ull || (a.bar_gpa & ((2u << 20) - 1)) != 0) {
+    arena_status_ = FailedPrecondition("ivshmem-plain device " + a.pci_address + " has BAR2 at " +
+                                       Hex(a.bar_gpa) + " size " + Hex(a.size) +
+                                       ": not assigned or not 2 MiB aligned")
+                        .WithHint("the guest firmware or kernel must assign the BAR (hot-plugged devices)");
+    return Status::Ok();
+  }
+  // The backend behind the device: its QOM path, then its memdev link, then the file.
+  std::string qom = JsonString(dev, "qdev_id");
+  if (!qom.empty()) {
+    qom = "/machine/peripheral/" + qom;
+  } else {
+    const unsigned devfn = static_cast<unsigned>((JsonU64(dev, "slot") << 3) | JsonU64(dev, "function"));
+    Result<json> anon = qmp_->Execute("qom-list", json{{"path", "/machine/peripheral-anon"}});
+    if (anon.ok() && anon->is_array()) {
+      for (const json& child : *anon) {
+        if (JsonString(child, "type") != "child<ivshmem-plain>") continue;
+        const std::string path = "/machine/peripheral-anon/" + JsonString(child, "name");
+        Result<json> fn = qmp_->Execute("qom-get", json{{"path", path}, {"property", "addr"}});
+        if (fn.ok() && fn->is_number_integer() && fn->get<int>() == static_cast<int>(devfn)) qom = path;
+      }
+    }
+  }
+  std::string memdev_id;
+  if (!qom.empty()) {
+    Result<json> link = qmp_->Execute("qom-get", json{{"path", qom}, {"property", "memdev"}});
+    if (link.ok() && link->is_string()) {
+      const std::string obj = link->get<std::string>();
+      memdev_id = obj.substr(obj.rfind('/') + 1);
+      Result<json> mp = qmp_->Execute("qom-get", json{{"path", obj}, {"property", "mem-path"}});
+      if (mp.ok() && mp->is_string()) a.backing_path = mp->get<std::string>();
+    }
+  }
+  arena_ = a;
+  arena_status_ = Status::Ok();
+  // Its host mapping, for WritePhys into the arena.
+  HV_ASSIGN_OR_RETURN(std::string maps_text, ReadTextFile("/proc/" + std::to_string(pid_) + "/maps"));
+  HV_ASSIGN_OR_RETURN(std::vector<HostMapping> maps, ParseProcMaps(maps_text));
+  std::vector<HostMapping> c = CandidateMappings(maps, a.size, a.backing_path, memdev_id);
+  if (c.size() == 1) extra_.push_back(HostRange{a.bar_gpa, a.size, c[0].start, "arena"});
+  arena_memdev_ = memdev_id;
+  return Status::Ok();
+}
+
+Status QemuVm::DiscoverMemory() {
+  HV_ASSIGN_OR_RETURN(std::string mtree, qmp_->Hmp("info mtree -f"));
+  Result<std::vector<FlatRange>> flat = ParseSystemFlatView(mtree);
+  if (!flat.ok()) return flat.status().WithContext("reading HMP 'info mtree -f'");
+  HV_ASSIGN_OR_RETURN(json memdevs, qmp_->Execute("query-memdev"));
+  HV_ASSIGN_OR_RETURN(std::string maps_text, ReadTextFile("/proc/" + std::to_string(pid_) + "/maps"));
+  HV_ASSIGN_OR_RETURN(std::vector<HostMapping> maps, ParseProcMaps(maps_text));
+  if (!memdevs.is_array()) return InvalidArgument("query-memdev did not return a list");
+  for (const json& m : memdevs) {
+    const std::string id = JsonString(m, "id");
+    const std::uint64_t size = JsonU64(m, "size");
+    if (id.empty() || size == 0 || id == arena_memdev_) continue;
+    // Memory backends not mapped into guest-physical space (unused, or device-owned) are skipped.
+    if (std::none_of(flat->begin(), flat->end(), [&](const FlatRange& f) { return f.region == id; })) continue;
+    std::string path;
+    Result<json> mp = qmp_->Execute("qom-get", json{{"path", "/objects/" + id}, {"property", "mem-path"}});
+    if (mp.ok() && mp->is_string()) path = mp->get<std::string>();
+    std::vector<HostMapping> cands = CandidateMappings(maps, size, path, id);
+    if (cands.empty()) {
+      return FailedPrecondition("no host mapping of " + Hex(size) + " bytes for memory backend '" + id +
+                                "' in QEMU pid " + std::to_string(pid_));
+    }
+    Block b{id, size, {}};
+    for (const HostMapping& c : cands) b.hvas.push_back(c.start);
+    blocks_.push_back(std::move(b));
+  }
+  if (blocks_.empty()) return FailedPrecondition("no memory backend of guest RAM in the system flat view");
+  flat_ = std::move(*flat);
+  return Status::Ok();
+}
+
+Status QemuVm::StartGdbStub(const QemuVmOptions& options) {
+  char tmpl[] = "/tmp/hvpatch-gdb-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) return ErrnoError("creating a directory for the gdbstub socket", errno);
+  gdb_dir_ = tmpl;
+  const std::string sock = gdb_dir_ + "/gdb.sock";
+  // Only one gdbserver per QEMU: replace whatever runs (QEMU keeps its own if we don't).
+  HV_RETURN_IF_ERROR(qmp_->Hmp("gdbserver none").status());
+  HV_ASSIGN_OR_RETURN(std::string out, qmp_->Hmp("gdbserver unix:" + sock + ",server=on,wait=off"));
+  if (out.find("Waiting for gdb connection") == std::string::npos) {
+    return FailedPrecondition("HMP gdbserver answered '" + out.substr(0, out.find('\r')) + "'");
+  }
+  Result<std::unique_ptr<GdbStubClient>> gdb = GdbStubClient::Connect(sock, options.gdb_timeout_ms);
+  if (!gdb.ok()) return gdb.status().WithContext("attaching to the gdbstub");
+  gdb_ = std::move(*gdb);
+  HV_RETURN_IF_ERROR(gdb_->Command("qSupported:xmlRegisters=i386").status());
+  HV_ASSIGN_OR_RETURN(std::string target, gdb_->ReadXfer("features", "target.xml"));
+  Result<GdbRegisterLayout> layout = GdbRegisterLayout::Parse(
+      target, [this](std::string_view annex) { return gdb_->ReadXfer("features", annex); });
+  if (!layout.ok()) return layout.status();
+  for (const char* name : {"rip", "rsp", "eflags", "cs", "cr0", "cr3", "cr4", "efer", "gs_base", "k_gs_base"}) {
+    if (layout->Find(name) == nullptr) {
+      return Unimplemented("the gdbstub's register layout has no '" + std::string(name) + "'");
+    }
+  }
+  layout_ = std::move(*layout);
+  HV_ASSIGN_OR_RETURN(threads_, gdb_->Threads());
+  return gdb_->SetPhysicalMode(true);
+}
+
+Result<VcpuState> QemuVm::ReadVcpu(int index) {
+  HV_RETURN_IF_ERROR(gdb_->SelectThread(threads_[static_cast<std::size_t>(index)]));
+  HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> g, gdb_->ReadRegisters());
+  VcpuState v;
+  v.index = index;
+  struct Field {
+    const char* name;
+    std::uint64_t* dst;
+  } fields[] = {{"rip", &v.rip},     {"rsp", &v.rsp},          {"eflags", &v.rflags},
+                {"cs", &v.cs},       {"cr0", &v.cr0},          {"cr3", &v.cr3},
+                {"cr4", &v.cr4},     {"efer", &v.efer},        {"gs_base", &v.gs_base},
+                {"k_gs_base", &v.kernel_gs_base}};
+  for (const Field& f : fields) {
+    Result<std::uint64_t> r = layout_->Read(g, f.name);
+    if (!r.ok()) return r.status().WithContext("vCPU " + std::to_string(index));
+    *f.dst = *r;
+  }
+  return v;
+}
+
+Status QemuVm::VerifyFastPath() {
+  // vCPU 0's top-level page table is never all zeros in a running kernel: a sample that
+  // tells a wrong mapping from the right one even when most of RAM is still empty.
+  HV_ASSIGN_OR_RETURN(VcpuState v0, ReadVcpu(0));
+  std::vector<std::uint8_t> via_gdb(kSampleBytes), via_host(kSampleBytes);
+  for (const Block& b : blocks_) {
+    HV_ASSIGN_OR_RETURN(std::vector<HostRange> probe, RangesOfRegion(flat_, b.id, 0, b.size));
+    std::vector<std::uint64_t> samples;
+    for (const HostRange& r : probe) {
+      for (std::uint64_t k = 0; k < 4 && r.size >= kSampleBytes; ++k) {
+        samples.push_back(r.gpa + ((r.size - kSampleBytes) * k / 3 & ~std::uint64_t{0xff}));
+      }
+      const std::uint64_t pgd = v0.cr3 & pte::kAddrMask;
+      if (pgd >= r.gpa && pgd + kSampleBytes <= r.end()) samples.push_back(pgd + 0x800);
+    }
+    std::vector<std::pair<std::uint64_t, std::vector<std::uint8_t>>> truth;
+    for (std::uint64_t gpa : samples) {
+      Status s = gdb_->ReadMemory(gpa, via_gdb);
+      if (!s.ok()) return s.WithContext("sampling guest RAM through the gdbstub");
+      truth.emplace_back(gpa, via_gdb);
+    }
+    const bool any_nonzero = std::any_of(truth.begin(), truth.end(), [](const auto& t) {
+      return std::any_of(t.second.begin(), t.second.end(), [](std::uint8_t c) { return c != 0; });
+    });
+    if (!any_nonzero) {
+      return FailedPrecondition("every gdbstub sample of memory backend '" + b.id +
+                                "' is zero: cannot check the host mapping");
+    }
+    std::vector<std::uint64_t> good;
+    std::string mismatch;
+    for (std::uint64_t hva : b.hvas) {
+      HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, hva, b.size));
+      ram_.swap(ranges);
+      bool ok = true;
+      for (const auto& [gpa, bytes] : truth) {
+        Status s = ReadPhys(gpa, via_host);
+        if (!s.ok() || via_host != bytes) {
+          if (mismatch.empty()) mismatch = "host mapping " + Hex(hva) + " differs at " + Hex(gpa);
+          ok = false;
+          break;
+        }
+      }
+      ram_.swap(ranges);
+      if (ok) good.push_back(hva);
+    }
+    if (good.size() != 1) {
+      return FailedPrecondition(std::to_string(good.size()) + " of " + std::to_string(b.hvas.size()) +
+                                " host mappings of memory backend '" + b.id +
+                                "' match gdbstub reads" + (mismatch.empty() ? "" : ": " + mismatch))
+          .WithHint("the fast path is off; check that QEMU's RAM is an ordinary mapping of its process");
+    }
+    HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, good[0], b.size));
+    ram_.insert(ram_.end(), ranges.begin(), ranges.end());
+  }
+  std::sort(ram_.begin(), ram_.end(), [](const HostRange& a, const HostRange& b) { return a.gpa < b.gpa; });
+  return Status::Ok();
+}
+
+Status QemuVm::Pause() {
+  if (pause_depth_ == 0) {
+    HV_ASSIGN_OR_RETURN(const bool running, Running());
+    if (running) HV_RETURN_IF_ERROR(qmp_->Execute("stop").status());
+    resume_on_outer_ = running;
+    // QEMU has already written the T02 for this stop to the gdbstub socket (it does so before
+    // answering QMP): consume and ack it now, while the VM is still stopped.
+    if (running && gdb_) HV_RETURN_IF_ERROR(gdb_->DrainStopReplies().status());
+    (void)qmp_->TakeEvents();
+  }
+  ++pause_depth_;
+  return Status::Ok();
+}
+
+Status QemuVm::Resume() {
+  if (pause_depth_ == 0) return FailedPrecondition("Resume() without a matching Pause()");
+  if (--pause_depth_ > 0 || !resume_on_outer_) return Status::Ok();
+  resume_on_outer_ = false;
+  return qmp_->Execute("cont").status();
+}
+
+Status QemuVm::RequirePaused() {
+  if (pause_depth_ > 0) return Status::Ok();
+  HV_ASSIGN_OR_RETURN(const bool running, Running());
+  if (running) return FailedPrecondition("the VM is running: Pause() it first");
+  return Status::Ok();
+}
+
+Result<std::vector<VcpuState>> QemuVm::VcpuStates() {
+  HV_RETURN_IF_ERROR(RequirePaused());
+  std::vector<VcpuState> out;
+  for (std::size_t i = 0; i < threads_.size(); ++i) {
+    HV_ASSIGN_OR_RETURN(VcpuState v, ReadVcpu(static_cast<int>(i)));
+    out.push_back(v);
+  }
+  return out;
+}
+
+const HostRange* QemuVm::FindRange(std::uint64_t gpa) const {
+  for (const auto* set : {&ram_, &extra_}) {
+    for (const HostRange& r : *set) {
+      if (gpa >= r.gpa && gpa < r.end()) return &r;
+    }
+  }
+  return nullptr;
+}
+
+Status QemuVm::HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const {
+  std::size_t done = 0;
+  while (done < len) {
+    const std::uint64_t at = gpa + done;
+    const HostRange* r = FindRange(at);
+    if (r == nullptr || at < gpa) {
+      return InvalidArgument("guest-physical address " + Hex(at) + " is not guest RAM");
+    }
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len - done, r->end() - at));
+    iovec local{buf + done, n};
+    iovec remote{reinterpret_cast<void*>(r->hva + (at - r->gpa)), n};
+    const ssize_t got = write ? process_vm_writev(pid_, &local, 1, &remote, 1, 0)
+                              : process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+    if (got <= 0) {
+      return ErrnoError(std::string(write ? "process_vm_writev" : "process_vm_readv") + " of " +
+                            std::to_string(n) + " bytes at " + Hex(at) + " in QEMU pid " + std::to_string(pid_),
+                        got == 0 ? EIO : errno);
+    }
+    done += static_cast<std::size_t>(got);
+  }
+  return Status::Ok();
+}
+
+Status QemuVm::ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const {
+  return HostTransfer(gpa, out.data(), out.size(), false);
+}
+
+Status QemuVm::WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) {
+  return HostTransfer(gpa, const_cast<std::uint8_t*>(data.data()), data.size(), true);
+}
+
+std::vector<PhysRange> QemuVm::RamRanges() const {
+  std::vector<PhysRange> out;
+  for (const HostRange& r : ram_) out.push_back(PhysRange{r.gpa, r.size});
+  return out;
+}
+
+Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
+  if (data.size() > kMaxCodeWrite) {
+    return InvalidArgument("code write of " + std::to_string(data.size()) + " bytes exceeds 1 MiB");
+  }
+  HV_RETURN_IF_ERROR(RequirePaused());
+  HV_ASSIGN_OR_RETURN(VcpuState v0, ReadVcpu(0));
+  if (!(v0.cr0 & (1u << 31))) return FailedPrecondition("vCPU 0 runs with paging off");
+  const PagingMode mode{v0.cr3, v0.la57(), ((v0.efer >> 11) & 1) != 0};
+  std::size_t done = 0;
+  std::vector<std::uint8_t> back;
+  while (done < data.size()) {
+    Result<Translation> t = TranslateVirt(*this, mode, va + done);
+    if (!t.ok()) return t.status().WithContext("writing code at " + Hex(va + done));
+    const std::uint64_t in_page = t->page_size - ((va + done) & (t->page_size - 1));
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in_page, data.size() - done));
+    Status s = gdb_->WriteMemory(t->gpa, data.subspan(done, n));
+    if (!s.ok()) return s.WithContext("writing code at " + Hex(va + done));
+    back.resize(n);
+    HV_RETURN_IF_ERROR(ReadPhys(t->gpa, back));
+    if (!std::equal(back.begin(), back.end(), data.begin() + static_cast<std::ptrdiff_t>(done))) {
+      return Internal("code at " + Hex(va + done) + " (gpa " + Hex(t->gpa) + ") reads back differently");
+    }
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Result<ArenaDevice> QemuVm::Arena() {
+  if (arena_) return *arena_;
+  return arena_status_;
+}
+
+std::string QemuVm::Identity() const {
+  if (!uuid_.empty() && uuid_ != "00000000-0000-0000-0000-000000000000") return "qemu-uuid:" + uuid_;
+  char real[PATH_MAX];
+  const std::string path = realpath(qmp_path_.c_str(), real) != nullptr ? std::string(real) : qmp_path_;
+  return "qemu-qmp:" + path;
+}
+
+std::string QemuVm::Describe() const {
+  return "QEMU pid " + std::to_string(pid_) + " (qmp:" + qmp_path_ + ")";
+}
+
+}  // namespace hv::vmm

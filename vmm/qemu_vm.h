@@ -1,0 +1,117 @@
+// The QEMU backend of vmm::Vm: QMP for run state, discovery and identity; QEMU's gdbstub
+// (started at runtime over QMP) for vCPU registers and code writes; process_vm_readv/writev
+// on QEMU's own mapping of guest RAM for bulk memory access.
+//
+// Run state: QMP `stop`/`cont` own it, never the gdbstub's interrupt/`c`. QMP is what the
+// operator and libvirt see (query-status), `stop` returns only once every vCPU is out of
+// guest code, and the same mechanism works whether or not a debugger is attached. The cost
+// is that QEMU reports every stop to the attached gdbstub client as a "T02" stop reply nobody
+// asked for (lab notes); Pause() drains it at once, while the VM is still stopped, so that our
+// acks never reach QEMU after `cont` (gdbstub stops a running VM on any byte it receives).
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qmp/qmp_client.h"
+#include "vmm/gdb_register_layout.h"
+#include "vmm/gdb_stub_client.h"
+#include "vmm/qemu_memory_map.h"
+#include "vmm/vm.h"
+
+namespace hv::vmm {
+
+struct QemuVmOptions {
+  int qmp_timeout_ms = 10000;
+  int gdb_timeout_ms = 5000;
+};
+
+class QemuVm final : public Vm {
+ public:
+  // Connects to QEMU's QMP socket at `qmp_path` and sets everything up: QEMU's pid (from the
+  // vCPU threads), the guest RAM layout and its host mapping, the arena device if present, and
+  // a gdbstub on a private unix socket (replacing any gdbserver already running). The gdbstub
+  // attach stops the VM briefly; a VM that was running is running again on return. Errors:
+  //   kUnavailable         QMP socket unusable
+  //   kFailedPrecondition  the host fast path disagrees with gdbstub reads, or no unique
+  //                        mapping of guest RAM was found (the message says which)
+  //   kIo                  /proc or process_vm_readv failed (e.g. not allowed to ptrace QEMU)
+  static Result<std::unique_ptr<QemuVm>> Connect(const std::string& qmp_path,
+                                                 const QemuVmOptions& options = {});
+  ~QemuVm() override;
+
+  // vmm::Vm
+  Status Pause() override;
+  Status Resume() override;
+  // QMP query-status "running".
+  Result<bool> Running() override;
+  Result<std::vector<VcpuState>> VcpuStates() override;
+  // Reads guest RAM, and also the arena's BAR. Errors: kInvalidArgument naming the first
+  // address outside both; kIo when the host read fails.
+  Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override;
+  std::vector<PhysRange> RamRanges() const override;
+  // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
+  Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
+  // Translates `va` through vCPU 0's page tables and writes with gdbstub `M` in physical mode:
+  // QEMU's physical write path invalidates translated blocks on those pages, so TCG runs the
+  // new bytes. At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors;
+  // kInternal when the read-back differs.
+  Status WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) override;
+  Result<ArenaDevice> Arena() override;
+  std::string Identity() const override;
+  std::string Describe() const override;
+
+  // The QMP connection (QEMU accepts one client per QMP socket, so tests and tools that need
+  // more QMP share this one).
+  qmp::QmpClient& qmp() { return *qmp_; }
+  // The gdbstub connection; use only while paused.
+  GdbStubClient& gdb() { return *gdb_; }
+  pid_t qemu_pid() const { return pid_; }
+  const std::string& uuid() const { return uuid_; }
+  int pause_depth() const { return pause_depth_; }
+
+ private:
+  QemuVm() = default;
+  Status Setup(const std::string& qmp_path, const QemuVmOptions& options);
+  Status FindPid();
+  Status DiscoverMemory();
+  Status DiscoverArena();
+  Status StartGdbStub(const QemuVmOptions& options);
+  Status VerifyFastPath();
+  Status RequirePaused();
+  Result<VcpuState> ReadVcpu(int index);
+  // The host range holding [gpa, gpa+len), split by the caller at range ends.
+  const HostRange* FindRange(std::uint64_t gpa) const;
+  Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;
+
+  std::unique_ptr<qmp::QmpClient> qmp_;
+  std::unique_ptr<GdbStubClient> gdb_;
+  std::optional<GdbRegisterLayout> layout_;
+  std::vector<std::string> threads_;
+  std::string qmp_path_;
+  std::string gdb_dir_;
+  pid_t pid_ = -1;
+  std::string uuid_;
+  // A memory backend of guest RAM and the host mappings that might hold it (resolved by
+  // VerifyFastPath against gdbstub reads).
+  struct Block {
+    std::string id;
+    std::uint64_t size = 0;
+    std::vector<std::uint64_t> hvas;
+  };
+  std::vector<Block> blocks_;
+  std::vector<FlatRange> flat_;
+  std::string arena_memdev_;
+  std::vector<HostRange> ram_;     // guest RAM, sorted by gpa
+  std::vector<HostRange> extra_;   // the arena BAR, when mapped
+  std::optional<ArenaDevice> arena_;
+  Status arena_status_;            // why there is no arena, when there is none
+  int pause_depth_ = 0;
+  bool resume_on_outer_ = false;
+};
+
+}  // namespace hv::vmm
