@@ -77,7 +77,7 @@ Result<ArenaLayout> ArenaLayout::Create(std::uint64_t base_va, std::uint64_t bas
     return InvalidArgument("arena size " + Hex(size) +
                            " is not a multiple of 4 KiB between 8 KiB and 2 MiB");
   }
-  if (base_gpa + size < base_gpa || ((base_gpa + size - 1) & ~vmm::pte::kAddrMask) != 0) {
+  if (base_gpa + size < base_gpa || ((base_gpa + size - 1) >> 52) != 0) {  // 52-bit physical
     return InvalidArgument("arena physical range at " + Hex(base_gpa) + " is out of range");
   }
   ArenaLayout a;
