@@ -1,0 +1,76 @@
+// The agent's transport, behind one interface as qemu-ga's GAChannel: the daemon serves sessions on
+// whatever Channel main() picked, so the real binary runs in tests over a unix socket.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+
+namespace hv::agent {
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+
+  // Blocks until a host may be talking to us and returns the non-blocking fd of that session.
+  // Transient conditions (port not there yet, host not connected) are waited out inside; an error
+  // means the channel itself is broken (the caller logs it and retries later).
+  virtual Result<int> WaitForHost() = 0;
+  // The session's fd reached end of file or failed: drop it. The next WaitForHost starts over.
+  virtual void EndSession() = 0;
+  // For logs: "virtio-serial port /dev/vport1p1", "unix socket /tmp/x".
+  virtual std::string Describe() const = 0;
+};
+
+// A listening unix socket; one host connection is served at a time.
+class UnixSocketChannel : public Channel {
+ public:
+  // Removes a stale socket file at `path`, binds and listens. kIo on failure.
+  static Result<std::unique_ptr<UnixSocketChannel>> Listen(const std::string& path);
+  ~UnixSocketChannel() override;
+
+  Result<int> WaitForHost() override;
+  void EndSession() override;
+  std::string Describe() const override { return "unix socket " + path_; }
+
+ private:
+  explicit UnixSocketChannel(std::string path, int listen_fd)
+      : path_(std::move(path)), listen_fd_(listen_fd) {}
+
+  std::string path_;
+  int listen_fd_ = -1;
+  int session_fd_ = -1;
+};
+
+// The virtio-serial port named `port_name` (org.hvpatch.agent.0), found through
+// <sys_root>/class/virtio-ports/*/name and opened as <dev_root>/<vportNpM>. There is no udev in the
+// test initramfs, hence no /dev/virtio-ports/ symlinks.
+//
+// A port's read returns 0 and poll reports POLLHUP while the host side is not connected
+// (drivers/char/virtio_console.c: will_read_block / port_fops_poll), so waiting for the host is a
+// sleep-and-recheck loop, never a busy one.
+class VirtioSerialChannel : public Channel {
+ public:
+  VirtioSerialChannel(std::string port_name, std::string sys_root, std::string dev_root)
+      : port_name_(std::move(port_name)), sys_root_(std::move(sys_root)), dev_root_(std::move(dev_root)) {}
+  ~VirtioSerialChannel() override;
+
+  Result<int> WaitForHost() override;
+  void EndSession() override;
+  std::string Describe() const override;
+
+  // Returns the device path of the port named `port_name`, or kNotFound.
+  static Result<std::string> FindPort(const std::string& sys_root, const std::string& dev_root,
+                                      const std::string& port_name);
+
+ private:
+  std::string port_name_;
+  std::string sys_root_;
+  std::string dev_root_;
+  std::string device_;
+  int fd_ = -1;
+  bool logged_wait_ = false;
+};
+
+}  // namespace hv::agent

@@ -1,0 +1,41 @@
+// Reads and writes on a non-blocking file descriptor with a deadline, so that a silent or stuck
+// peer (agent or host) can never hang the caller.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+
+#include "base/status.h"
+
+namespace hv::agent {
+
+// A point on the monotonic clock. Infinite() never expires.
+class Deadline {
+ public:
+  static Deadline In(int timeout_ms);
+  static Deadline Infinite() { return Deadline(); }
+
+  bool expired() const;
+  // Milliseconds left, clamped to [0, INT_MAX]; -1 for an infinite deadline (poll's "forever").
+  int RemainingMs() const;
+
+ private:
+  Deadline() = default;
+  bool infinite_ = true;
+  std::chrono::steady_clock::time_point at_{};
+};
+
+// Sets O_NONBLOCK. kIo on failure.
+Status SetNonBlocking(int fd);
+
+// Reads at most `size` bytes once some are available. Returns 0 at end of file (for a virtio-serial
+// port: the host side is not connected). kDeadlineExceeded when nothing arrived in time, kIo on a
+// read error.
+Result<size_t> ReadSome(int fd, void* buf, size_t size, const Deadline& deadline);
+
+// Writes all `size` bytes. kDeadlineExceeded when the peer stopped draining in time (part of the
+// data may have been written), kUnavailable when the peer is gone (EPIPE, ECONNRESET), kIo otherwise.
+// Never raises SIGPIPE on a socket.
+Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline);
+
+}  // namespace hv::agent
