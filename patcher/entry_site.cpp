@@ -1,0 +1,100 @@
+#include "patcher/entry_site.h"
+
+#include <capstone/capstone.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/hex.h"
+
+namespace hv::patcher {
+
+namespace {
+
+constexpr std::uint8_t kEndbr64[4] = {0xf3, 0x0f, 0x1e, 0xfa};
+constexpr std::uint8_t kNop5[5] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+
+// Capstone's text for the one instruction at the start of `b`, or "bytes .." if it cannot decode.
+std::string Describe(std::span<const std::uint8_t> b, std::uint64_t va) {
+  std::string text = "bytes " + HexBytes(b.subspan(0, std::min<std::size_t>(b.size(), 5)));
+  csh h;
+  if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return text;
+  cs_insn* insn = nullptr;
+  if (cs_disasm(h, b.data(), b.size(), va, 1, &insn) == 1) {
+    text = insn[0].mnemonic;
+    if (insn[0].op_str[0] != '\0') text += std::string(" ") + insn[0].op_str;
+    cs_free(insn, 1);
+  }
+  cs_close(&h);
+  return text;
+}
+
+std::int32_t Rel32(std::span<const std::uint8_t> b) {
+  std::int32_t v;
+  std::memcpy(&v, b.data() + 1, 4);
+  return v;
+}
+
+}  // namespace
+
+std::string_view EntryKindName(EntryKind k) {
+  switch (k) {
+    case EntryKind::kFtraceNop: return "ftrace_nop";
+    case EntryKind::kArenaJump: return "hvpatch_jump";
+    case EntryKind::kCall: return "call";
+    case EntryKind::kOtherJump: return "foreign_jump";
+    case EntryKind::kOther: return "other";
+  }
+  return "unknown";
+}
+
+Result<EntrySite> ClassifyEntry(std::span<const std::uint8_t> bytes, std::uint64_t va, AddressRange arena) {
+  if (bytes.size() < sizeof(kEndbr64) + 5) {
+    return InvalidArgument("entry of the function at " + Hex(va) + ": " + std::to_string(bytes.size()) +
+                           " bytes given, at least 9 needed");
+  }
+  EntrySite s;
+  s.function_va = va;
+  s.endbr64 = std::equal(std::begin(kEndbr64), std::end(kEndbr64), bytes.begin());
+  const std::size_t at = s.endbr64 ? sizeof(kEndbr64) : 0;
+  s.site_va = va + at;
+  const auto site = bytes.subspan(at);
+  std::copy_n(site.begin(), 5, s.current.begin());
+  s.instruction = Describe(site, s.site_va);
+  if (std::equal(std::begin(kNop5), std::end(kNop5), site.begin())) {
+    s.kind = EntryKind::kFtraceNop;
+  } else if (site[0] == 0xe8 || site[0] == 0xe9) {
+    s.target = s.site_va + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(Rel32(site)));
+    if (site[0] == 0xe8) {
+      s.kind = EntryKind::kCall;
+    } else {
+      s.kind = arena.Contains(s.target) ? EntryKind::kArenaJump : EntryKind::kOtherJump;
+    }
+  } else {
+    s.kind = EntryKind::kOther;
+  }
+  return s;
+}
+
+Status CheckPatchable(const EntrySite& s, std::string_view function) {
+  const std::string head = "function '" + std::string(function) + "' at " + Hex(s.function_va) +
+                           " starts with '" + s.instruction + "', not the ftrace nop";
+  switch (s.kind) {
+    case EntryKind::kFtraceNop:
+    case EntryKind::kArenaJump:
+      return Status::Ok();
+    case EntryKind::kCall:
+      return FailedPrecondition(head + ": ftrace owns it (traced in the guest, or patched by an in-guest "
+                                       "livepatch)");
+    case EntryKind::kOtherJump:
+      return FailedPrecondition(head + ": a jump outside hvpatch's arena (patched by another tool?)");
+    case EntryKind::kOther:
+      if (s.current[0] == 0xcc) {
+        return FailedPrecondition(head + ": a breakpoint (a kprobe, or a kernel text_poke in progress)");
+      }
+      return FailedPrecondition(head + " (0f 1f 44 00 00): not an ftrace-patchable entry");
+  }
+  return Internal("unknown entry kind");
+}
+
+}  // namespace hv::patcher
