@@ -1,0 +1,185 @@
+#include "patcher/kallsyms_decoder.h"
+
+#include <array>
+#include <cstring>
+#include <string_view>
+
+#include "base/hex.h"
+
+namespace hv::patcher {
+namespace {
+
+// Reads [start, start + size) of guest kernel memory into a fresh buffer.
+Result<std::vector<std::uint8_t>> ReadTable(const KernelMemory& mem, std::string_view name,
+                                            std::uint64_t start, std::uint64_t size) {
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(size));
+  Status s = mem.Read(start, buf);
+  if (!s.ok()) return s.WithContext("reading " + std::string(name));
+  return buf;
+}
+
+// Size of the table that starts at `start` and ends where `next` starts; the 6.1 layout puts
+// names before markers before the token table before the token index.
+Result<std::uint64_t> SpanTo(std::string_view name, std::uint64_t start, std::string_view next_name,
+                             std::uint64_t next, std::uint64_t max) {
+  if (next <= start || next - start > max) {
+    return InvalidArgument(std::string(name) + " at " + Hex(start) + " is not within " +
+                           std::to_string(max) + " bytes below " + std::string(next_name) + " at " +
+                           Hex(next));
+  }
+  return next - start;
+}
+
+}  // namespace
+
+Result<KallsymsLocation> KallsymsDecoder::Locate(const Vmcoreinfo& info) {
+  KallsymsLocation w;
+  HV_ASSIGN_OR_RETURN(w.num_syms, info.RequireSymbol("kallsyms_num_syms"));
+  HV_ASSIGN_OR_RETURN(w.names, info.RequireSymbol("kallsyms_names"));
+  HV_ASSIGN_OR_RETURN(w.token_table, info.RequireSymbol("kallsyms_token_table"));
+  HV_ASSIGN_OR_RETURN(w.token_index, info.RequireSymbol("kallsyms_token_index"));
+  if (auto offsets = info.Symbol("kallsyms_offsets")) {
+    w.offsets = *offsets;
+    HV_ASSIGN_OR_RETURN(w.relative_base, info.RequireSymbol("kallsyms_relative_base"));
+  } else {
+    HV_ASSIGN_OR_RETURN(w.addresses, info.RequireSymbol("kallsyms_addresses"));
+  }
+  return w;
+}
+
+Result<std::vector<KernelSymbol>> KallsymsDecoder::Read(const KernelMemory& mem,
+                                                        const KallsymsLocation& where) {
+  KallsymsTables t;
+  Result<std::uint32_t> num = mem.ReadU32(where.num_syms);
+  if (!num.ok()) return num.status().WithContext("reading kallsyms_num_syms");
+  t.num_syms = *num;
+  if (t.num_syms > kMaxSymbols) {
+    return InvalidArgument("kallsyms_num_syms " + std::to_string(t.num_syms) +
+                           " exceeds the limit of " + std::to_string(kMaxSymbols));
+  }
+  HV_ASSIGN_OR_RETURN(std::uint64_t names_size,
+                      SpanTo("kallsyms_names", where.names, "kallsyms_token_table",
+                             where.token_table, kMaxNamesBytes));
+  HV_ASSIGN_OR_RETURN(std::uint64_t tokens_size,
+                      SpanTo("kallsyms_token_table", where.token_table, "kallsyms_token_index",
+                             where.token_index, kMaxTokenTableBytes));
+  HV_ASSIGN_OR_RETURN(auto names, ReadTable(mem, "kallsyms_names", where.names, names_size));
+  HV_ASSIGN_OR_RETURN(auto tokens,
+                      ReadTable(mem, "kallsyms_token_table", where.token_table, tokens_size));
+  HV_ASSIGN_OR_RETURN(auto index, ReadTable(mem, "kallsyms_token_index", where.token_index, 512));
+  std::vector<std::uint8_t> values;
+  if (where.offsets) {
+    HV_ASSIGN_OR_RETURN(values, ReadTable(mem, "kallsyms_offsets", where.offsets,
+                                          4ull * t.num_syms));
+    Result<std::uint64_t> base = mem.ReadU64(where.relative_base);
+    if (!base.ok()) return base.status().WithContext("reading kallsyms_relative_base");
+    t.relative_base = *base;
+    t.offsets = values;
+  } else {
+    HV_ASSIGN_OR_RETURN(values, ReadTable(mem, "kallsyms_addresses", where.addresses,
+                                          8ull * t.num_syms));
+    t.addresses = values;
+  }
+  t.names = names;
+  t.token_table = tokens;
+  t.token_index = index;
+  return Decode(t);
+}
+
+Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& t) {
+  if (t.num_syms > kMaxSymbols) {
+    return InvalidArgument("kallsyms_num_syms " + std::to_string(t.num_syms) +
+                           " exceeds the limit of " + std::to_string(kMaxSymbols));
+  }
+  if (t.token_index.size() < 512) {
+    return InvalidArgument("kallsyms_token_index has " + std::to_string(t.token_index.size()) +
+                           " bytes, not 512");
+  }
+  const std::string_view table(reinterpret_cast<const char*>(t.token_table.data()),
+                               t.token_table.size());
+  std::array<std::string_view, 256> tokens;
+  for (int i = 0; i < 256; ++i) {
+    std::uint16_t off;
+    std::memcpy(&off, t.token_index.data() + 2 * i, 2);
+    if (off >= table.size()) {
+      return InvalidArgument("kallsyms token " + std::to_string(i) + " offset " +
+                             std::to_string(off) + " is outside the " +
+                             std::to_string(table.size()) + "-byte token table");
+    }
+    const std::size_t nul = table.find('\0', off);
+    if (nul == std::string_view::npos) {
+      return InvalidArgument("kallsyms token " + std::to_string(i) + " has no NUL");
+    }
+    tokens[i] = table.substr(off, nul - off);
+  }
+
+  const bool base_relative = !t.offsets.empty() || t.addresses.empty();
+  const std::size_t value_bytes = base_relative ? 4 : 8;
+  const std::span<const std::uint8_t> values = base_relative ? t.offsets : t.addresses;
+  if (values.size() / value_bytes < t.num_syms) {
+    return InvalidArgument(std::string(base_relative ? "kallsyms_offsets" : "kallsyms_addresses") +
+                           " holds " + std::to_string(values.size() / value_bytes) +
+                           " entries for " + std::to_string(t.num_syms) + " symbols");
+  }
+  bool absolute_percpu = false;
+  if (base_relative) {
+    for (std::uint32_t i = 0; i < t.num_syms && !absolute_percpu; ++i) {
+      std::int32_t off;
+      std::memcpy(&off, values.data() + 4 * i, 4);
+      absolute_percpu = off < 0;
+    }
+  }
+
+  std::vector<KernelSymbol> out;
+  out.reserve(t.num_syms);
+  std::string text;
+  std::size_t pos = 0;
+  for (std::uint32_t i = 0; i < t.num_syms; ++i) {
+    auto truncated = [&] {
+      return InvalidArgument("kallsyms_names truncated at symbol " + std::to_string(i) + " of " +
+                             std::to_string(t.num_syms) + " (offset " + std::to_string(pos) + ")");
+    };
+    if (pos >= t.names.size()) return truncated();
+    std::size_t len = t.names[pos];
+    if (len & 0x80) {  // ULEB128, at most two bytes
+      if (pos + 1 >= t.names.size()) return truncated();
+      len = (len & 0x7f) | (static_cast<std::size_t>(t.names[pos + 1]) << 7);
+      pos += 2;
+    } else {
+      pos += 1;
+    }
+    if (len == 0) return InvalidArgument("kallsyms symbol " + std::to_string(i) + " is empty");
+    if (len > t.names.size() - pos) return truncated();
+    text.clear();
+    for (std::size_t k = 0; k < len; ++k) {
+      text.append(tokens[t.names[pos + k]]);
+      if (text.size() > kMaxNameLength + 1) {
+        return InvalidArgument("kallsyms symbol " + std::to_string(i) + " is longer than " +
+                               std::to_string(kMaxNameLength) + " characters");
+      }
+    }
+    pos += len;
+    if (text.size() < 2) continue;  // a type with no name: /proc/kallsyms does not show it
+
+    KernelSymbol s;
+    s.type = text[0];
+    s.name = text.substr(1);
+    if (base_relative) {
+      std::int32_t off;
+      std::memcpy(&off, values.data() + 4 * i, 4);
+      if (!absolute_percpu) {
+        s.address = t.relative_base + static_cast<std::uint32_t>(off);
+      } else if (off >= 0) {
+        s.address = static_cast<std::uint64_t>(off);
+      } else {
+        s.address = t.relative_base - 1 - static_cast<std::uint64_t>(static_cast<std::int64_t>(off));
+      }
+    } else {
+      std::memcpy(&s.address, values.data() + 8 * i, 8);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace hv::patcher

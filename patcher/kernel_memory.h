@@ -1,0 +1,50 @@
+// Reads the guest kernel's virtual address space through its own page tables.
+//
+// The root is the kernel's `init_top_pgt` (swapper_pg_dir), located through vmcoreinfo: its
+// physical address is SYMBOL(init_top_pgt) - __START_KERNEL_map + NUMBER(phys_base), the same
+// __pa_symbol() arithmetic the kernel uses. This root maps the whole kernel half (image, direct
+// map, vmalloc stacks, modules) whatever a vCPU is doing, whereas a vCPU's CR3 may be a PTI user
+// page table that maps almost none of it. A vCPU's CR3 is only the fallback.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "base/status.h"
+#include "vmm/guest_memory.h"
+#include "vmm/page_walk.h"
+
+namespace hv::patcher {
+
+class KernelMemory {
+ public:
+  KernelMemory(const vmm::GuestPhysMemory& mem, vmm::PagingMode mode) : mem_(mem), mode_(mode) {}
+
+  const vmm::GuestPhysMemory& phys() const { return mem_; }
+  const vmm::PagingMode& mode() const { return mode_; }
+
+  // Reads `out.size()` bytes at kernel virtual address `va`. Errors are those of the page walk
+  // (kNotFound for an unmapped page, kInvalidArgument outside RAM), with "reading VA" context.
+  Status Read(std::uint64_t va, std::span<std::uint8_t> out) const;
+
+  Result<std::uint64_t> ReadU64(std::uint64_t va) const;
+  Result<std::uint32_t> ReadU32(std::uint64_t va) const;
+  Result<std::int32_t> ReadS32(std::uint64_t va) const;
+  // A NUL-terminated string of at most `max` bytes (kInvalidArgument if no NUL within `max`).
+  Result<std::string> ReadCString(std::uint64_t va, std::size_t max) const;
+  // A fixed char array (like task_struct.comm): up to the first NUL or `size` bytes.
+  Result<std::string> ReadCharArray(std::uint64_t va, std::size_t size) const;
+
+ private:
+  Result<std::uint64_t> Translate(std::uint64_t va) const;
+
+  const vmm::GuestPhysMemory& mem_;
+  vmm::PagingMode mode_;
+  // 4 KiB virtual page -> guest-physical page. Page tables may change while the guest runs, so
+  // an instance lives for one pause (GuestKernel makes a fresh one per build or task walk).
+  mutable std::unordered_map<std::uint64_t, std::uint64_t> pages_;
+};
+
+}  // namespace hv::patcher

@@ -1,0 +1,227 @@
+#include "patcher/symbol_table.h"
+
+#include <algorithm>
+#include <charconv>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <unordered_map>
+
+#include "base/hex.h"
+#include "patcher/vmcoreinfo.h"
+
+namespace hv::patcher {
+namespace {
+
+constexpr std::size_t kMaxTextBytes = 64ull << 20;
+
+std::string ObjectName(std::string_view module) {
+  return module.empty() ? "vmlinux" : std::string(module);
+}
+
+bool IsPseudoModule(std::string_view m) {
+  return m == "bpf" || m == "__builtin__ftrace" || m == "__builtin__kprobes";
+}
+
+struct ParsedLine {
+  std::uint64_t address = 0;
+  char type = '?';
+  std::string_view name, module;
+};
+
+Result<ParsedLine> ParseLine(std::string_view line, int line_no) {
+  auto bad = [&](std::string_view why) {
+    return InvalidArgument("line " + std::to_string(line_no) + " '" +
+                           std::string(line.substr(0, 80)) + "': " + std::string(why));
+  };
+  ParsedLine p;
+  const std::size_t sp1 = line.find(' ');
+  if (sp1 == std::string_view::npos || sp1 == 0 || sp1 > 16) return bad("no address");
+  auto [ptr, ec] = std::from_chars(line.data(), line.data() + sp1, p.address, 16);
+  if (ec != std::errc() || ptr != line.data() + sp1) return bad("address is not hex");
+  if (line.size() < sp1 + 4 || line[sp1 + 2] != ' ') return bad("no type letter");
+  p.type = line[sp1 + 1];
+  std::string_view rest = line.substr(sp1 + 3);
+  const std::size_t tab = rest.find('\t');
+  p.name = rest.substr(0, tab);
+  if (tab != std::string_view::npos) {
+    std::string_view m = rest.substr(tab + 1);
+    if (m.size() < 3 || m.front() != '[' || m.back() != ']') return bad("module is not in brackets");
+    p.module = m.substr(1, m.size() - 2);
+  }
+  if (p.name.empty() || p.name.find_first_of(" \t") != std::string_view::npos) {
+    return bad("bad symbol name");
+  }
+  return p;
+}
+
+Result<SymbolTable> ParseText(std::string_view text, bool system_map, std::uint64_t kaslr) {
+  if (text.size() > kMaxTextBytes) {
+    return InvalidArgument("symbol text of " + std::to_string(text.size()) +
+                           " bytes exceeds the limit of " + std::to_string(kMaxTextBytes));
+  }
+  // Object name -> symbols, keeping the order objects first appear in.
+  std::vector<std::string> order;
+  std::unordered_map<std::string, std::vector<KernelSymbol>> objects;
+  int line_no = 0;
+  while (!text.empty()) {
+    ++line_no;
+    const std::size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    HV_ASSIGN_OR_RETURN(ParsedLine p, ParseLine(line, line_no));
+    if (system_map && !p.module.empty()) {
+      return InvalidArgument("line " + std::to_string(line_no) + ": a System.map has no modules");
+    }
+    if (IsPseudoModule(p.module)) continue;
+    KernelSymbol s;
+    s.name = std::string(p.name);
+    s.address = p.address;
+    if (system_map && p.address >= kStartKernelMap) s.address += kaslr;
+    s.type = p.type;
+    s.module = std::string(p.module);
+    auto [it, inserted] = objects.try_emplace(s.module);
+    if (inserted) order.push_back(s.module);
+    it->second.push_back(std::move(s));
+  }
+  SymbolTable table;
+  for (const std::string& m : order) {
+    HV_RETURN_IF_ERROR(table.AddObject(m, std::move(objects[m])));
+  }
+  return table;
+}
+
+}  // namespace
+
+Status SymbolTable::AddObject(std::string_view module, std::vector<KernelSymbol> symbols,
+                              std::optional<std::uint64_t> end) {
+  for (const Object& o : objects_) {
+    if (o.module == module) {
+      return InvalidArgument("object '" + ObjectName(module) + "' is already in the symbol table");
+    }
+  }
+  if (symbols_.size() + symbols.size() > std::numeric_limits<std::uint32_t>::max()) {
+    return InvalidArgument("too many symbols");
+  }
+  Object obj{std::string(module), symbols_.size(), symbols.size()};
+
+  // sympos: occurrence count per name, in the given (kallsyms) order.
+  std::unordered_map<std::string_view, std::uint32_t> seen;
+  seen.reserve(symbols.size());
+  for (KernelSymbol& s : symbols) {
+    s.module = obj.module;
+    s.sympos = ++seen[s.name];
+  }
+  // Sizes: bounded by the next strictly higher address within the object.
+  std::vector<std::uint32_t> order(symbols.size());
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return symbols[a].address < symbols[b].address;
+  });
+  for (std::size_t i = 0; i < order.size();) {
+    std::size_t j = i;
+    while (j < order.size() && symbols[order[j]].address == symbols[order[i]].address) ++j;
+    const std::uint64_t addr = symbols[order[i]].address;
+    std::uint64_t size = 0;
+    if (j < order.size()) {
+      size = symbols[order[j]].address - addr;
+    } else if (end && *end > addr) {
+      size = *end - addr;
+    }
+    for (std::size_t k = i; k < j; ++k) symbols[order[k]].size = size;
+    i = j;
+  }
+
+  for (KernelSymbol& s : symbols) symbols_.push_back(std::move(s));
+  objects_.push_back(std::move(obj));
+
+  // Rebuild the indexes (objects are few: vmlinux plus the loaded modules).
+  by_name_.resize(symbols_.size());
+  std::iota(by_name_.begin(), by_name_.end(), 0u);
+  std::sort(by_name_.begin(), by_name_.end(), [&](std::uint32_t a, std::uint32_t b) {
+    const int c = symbols_[a].name.compare(symbols_[b].name);
+    return c != 0 ? c < 0 : a < b;
+  });
+  by_address_.resize(symbols_.size());
+  std::iota(by_address_.begin(), by_address_.end(), 0u);
+  std::sort(by_address_.begin(), by_address_.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return symbols_[a].address != symbols_[b].address ? symbols_[a].address < symbols_[b].address
+                                                      : a < b;
+  });
+  return Status::Ok();
+}
+
+std::vector<std::string> SymbolTable::modules() const {
+  std::vector<std::string> out;
+  for (const Object& o : objects_) {
+    if (!o.module.empty()) out.push_back(o.module);
+  }
+  return out;
+}
+
+std::size_t SymbolTable::CountIn(std::string_view module) const {
+  for (const Object& o : objects_) {
+    if (o.module == module) return o.count;
+  }
+  return 0;
+}
+
+std::vector<const KernelSymbol*> SymbolTable::FindAll(std::string_view name) const {
+  std::vector<const KernelSymbol*> out;
+  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                             [&](std::uint32_t i, std::string_view n) { return symbols_[i].name < n; });
+  for (; it != by_name_.end() && symbols_[*it].name == name; ++it) out.push_back(&symbols_[*it]);
+  return out;
+}
+
+Result<const KernelSymbol*> SymbolTable::Find(std::string_view module, std::string_view name,
+                                              std::uint32_t sympos) const {
+  std::vector<const KernelSymbol*> in_object;
+  for (const KernelSymbol* s : FindAll(name)) {
+    if (s->module == module) in_object.push_back(s);  // by_name_ keeps kallsyms order per object
+  }
+  const std::string where = "symbol '" + std::string(name) + "' in object '" + ObjectName(module) + "'";
+  if (in_object.empty()) return NotFound(where + " not found");
+  if (sympos == 0) {
+    if (in_object.size() > 1) {
+      return InvalidArgument("unresolvable ambiguity for " + where + ": " +
+                             std::to_string(in_object.size()) + " occurrences, give a sympos");
+    }
+    return in_object.front();
+  }
+  if (sympos > in_object.size()) {
+    return NotFound("symbol position " + std::to_string(sympos) + " for " + where +
+                    " not found: " + std::to_string(in_object.size()) + " occurrences");
+  }
+  return in_object[sympos - 1];
+}
+
+Result<const KernelSymbol*> SymbolTable::FindByAddress(std::uint64_t address) const {
+  auto it = std::upper_bound(by_address_.begin(), by_address_.end(), address,
+                             [&](std::uint64_t a, std::uint32_t i) { return a < symbols_[i].address; });
+  // Look back over a few candidates: a module symbol just below may not cover the address while
+  // a larger vmlinux symbol further down does (and aliases share an address).
+  const KernelSymbol* best = nullptr;
+  for (int steps = 0; it != by_address_.begin() && steps < 64; ++steps) {
+    --it;
+    const KernelSymbol& s = symbols_[*it];
+    const bool covers = address < s.address + s.size || (s.size == 0 && address == s.address);
+    if (covers && (!best || (best->module.empty() == s.module.empty() && best->address == s.address) ||
+                   (s.module.empty() && !best->module.empty()))) {
+      best = &s;  // by_address_ is index-ordered among aliases: walking back ends on the first
+    }
+    if (best && s.address < best->address) break;
+  }
+  if (!best) return NotFound("no symbol contains address " + Hex(address));
+  return best;
+}
+
+Result<SymbolTable> ParseKallsymsText(std::string_view text) { return ParseText(text, false, 0); }
+
+Result<SymbolTable> ParseSystemMap(std::string_view text, std::uint64_t kaslr_offset) {
+  return ParseText(text, true, kaslr_offset);
+}
+
+}  // namespace hv::patcher
