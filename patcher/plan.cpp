@@ -1,0 +1,99 @@
+#include "patcher/plan.h"
+
+#include <algorithm>
+#include <set>
+
+#include "base/hex.h"
+#include "patcher/trampoline.h"
+
+namespace hv::patcher {
+
+namespace {
+
+Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolver,
+                        const GuestCodeReader& reader, const ArenaLayout& arena) {
+  HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module));
+
+  PatchPlan plan(arena);
+  plan.name = module.name();
+  plan.replace = module.replace();
+  std::array<std::uint64_t, kMemoryClasses> base{};
+  for (std::size_t c = 0; c < kMemoryClasses; ++c) {
+    const auto memory = static_cast<MemoryClass>(c);
+    const std::uint32_t pages = image.Pages(memory);
+    if (pages == 0) {
+      base[c] = arena.base_va();  // nothing is placed there
+      continue;
+    }
+    HV_ASSIGN_OR_RETURN(ArenaAllocation a, plan.arena_after.Allocate(module.name(), pages, memory));
+    base[c] = arena.Va(a.offset());
+    plan.allocations.push_back(a);
+  }
+  HV_ASSIGN_OR_RETURN(LinkedPatch linked, Link(module, image, resolver, base));
+  plan.fentry_nops = linked.fentry_nops;
+
+  for (const auto& a : plan.allocations) {
+    ArenaWrite w;
+    w.va = arena.Va(a.offset());
+    w.gpa = arena.Gpa(a.offset());
+    w.memory = a.memory;
+    w.reuses_code_pages = a.reuses_code_pages;
+    const auto& b = linked.bytes[static_cast<std::size_t>(a.memory)];
+    w.bytes.assign(a.size(), a.memory == MemoryClass::kCode ? 0xcc : 0x00);
+    std::copy(b.begin(), b.end(), w.bytes.begin());
+    plan.arena_writes.push_back(std::move(w));
+    for (std::uint32_t p = a.first_page; p < a.first_page + a.pages; ++p) {
+      const std::uint64_t v = plan.arena_after.PteValue(p);
+      if (v == arena.PteValue(p)) continue;  // a retired page of the same kind: already mapped
+      plan.pte_writes.push_back({p, arena.Gpa(std::uint64_t{p} * 8), v});
+    }
+  }
+
+  const AddressRange arena_range{arena.base_va(), arena.base_va() + arena.size()};
+  std::set<std::uint64_t> sites;
+  for (const auto& lf : linked.functions) {
+    const KlpFunction& f = lf.klp;
+    const std::string who = "function '" + f.old_name + "' in '" + f.object + "'";
+    auto fail = [&](const Status& s) { return s.WithContext(who); };
+    auto old = resolver.Resolve(f.old_name, f.object, f.old_sympos);
+    if (!old.ok()) return fail(old.status());
+    if (old->per_cpu) return fail(InvalidArgument("'" + f.old_name + "' is a per-cpu variable, not a function"));
+    auto bytes = reader.Read(old->address, kEntryReadSize);
+    if (!bytes.ok()) return fail(bytes.status().WithContext("reading its entry at " + Hex(old->address)));
+    auto entry = ClassifyEntry(*bytes, old->address, arena_range);
+    if (!entry.ok()) return fail(entry.status());
+    HV_RETURN_IF_ERROR(CheckPatchable(*entry, f.old_name));
+    const std::uint64_t site_end = entry->site_va + 5 - old->address;
+    if (old->size != 0 && old->size < site_end) {
+      return fail(InvalidArgument("it is " + std::to_string(old->size) + " bytes, too small for a 5-byte jump"));
+    }
+    if (!sites.insert(entry->site_va).second) {
+      return fail(FailedPrecondition("its entry " + Hex(entry->site_va) + " is also another function's in this patch"));
+    }
+    auto jmp = JmpRel32(entry->site_va, lf.new_va);
+    if (!jmp.ok()) return fail(jmp.status());
+    FunctionPlan fp;
+    fp.klp = f;
+    fp.old_va = old->address;
+    fp.old_size = old->size;
+    fp.new_va = lf.new_va;
+    fp.new_size = f.new_size;
+    fp.entry = *entry;
+    fp.trampoline = *jmp;
+    fp.stacked = entry->kind == EntryKind::kArenaJump;
+    plan.busy.push_back({old->address, old->address + std::max<std::uint64_t>(old->size, site_end)});
+    plan.functions.push_back(std::move(fp));
+  }
+  return plan;
+}
+
+}  // namespace
+
+Result<PatchPlan> BuildPlan(const PatchModule& module, const SymbolResolver& resolver,
+                            const GuestCodeReader& reader, const ArenaLayout& arena) {
+  auto r = Build(module, resolver, reader, arena);
+  if (!r.ok()) return r.status().WithContext("planning patch '" + module.name() + "'");
+  return r;
+}
+
+}  // namespace hv::patcher
