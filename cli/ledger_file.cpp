@@ -44,7 +44,7 @@ json ToJson(const Ledger& l) {
   j["arena"] = {{"mapped", l.arena.mapped},       {"base_va", l.arena.base_va},
                 {"bar_gpa", l.arena.bar_gpa},     {"size", l.arena.size},
                 {"pmd_entry_gpa", l.arena.pmd_entry_gpa}, {"pmd_entry", l.arena.pmd_entry},
-                {"executed_pages", l.arena.executed_pages}};
+                {"layout", l.arena.layout}};
   j["patches"] = json::array();
   for (const auto& p : l.patches) {
     json jp = {{"name", p.name}, {"build_id", p.build_id},
@@ -57,11 +57,6 @@ json ToJson(const Ledger& l) {
                                  {"original", EncodeBytes(f.original)},
                                  {"trampoline", EncodeBytes(f.trampoline)},
                                  {"new_addr", f.new_addr}, {"new_size", f.new_size}});
-    }
-    jp["arena"] = json::array();
-    for (const auto& a : p.arena) {
-      jp["arena"].push_back({{"offset", a.offset}, {"size", a.size},
-                             {"executable", a.executable}, {"writable", a.writable}});
     }
     j["patches"].push_back(std::move(jp));
   }
@@ -82,7 +77,7 @@ Ledger FromJson(const json& j) {
   l.arena.size = a.at("size").get<std::uint64_t>();
   l.arena.pmd_entry_gpa = a.at("pmd_entry_gpa").get<std::uint64_t>();
   l.arena.pmd_entry = a.at("pmd_entry").get<std::uint64_t>();
-  l.arena.executed_pages = a.at("executed_pages").get<std::vector<std::uint32_t>>();
+  l.arena.layout = a.at("layout").get<std::string>();
   for (const auto& jp : j.at("patches")) {
     patcher::LedgerPatch p;
     p.name = jp.at("name").get<std::string>();
@@ -102,10 +97,6 @@ Ledger FromJson(const json& j) {
       f.new_addr = jf.at("new_addr").get<std::uint64_t>();
       f.new_size = jf.at("new_size").get<std::uint64_t>();
       p.functions.push_back(std::move(f));
-    }
-    for (const auto& ja : jp.at("arena")) {
-      p.arena.push_back({ja.at("offset").get<std::uint64_t>(), ja.at("size").get<std::uint64_t>(),
-                         ja.at("executable").get<bool>(), ja.at("writable").get<bool>()});
     }
     l.patches.push_back(std::move(p));
   }

@@ -25,10 +25,21 @@ Status Committer::WriteAll(const CommitPlan& plan) {
     HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
   }
   Step("phys_written");
-  int n = 0;
-  for (const auto& w : plan.code_writes) {
-    HV_RETURN_IF_ERROR(vm_.WriteCode(w.va, w.bytes).WithContext("writing " + w.what));
-    Step("code_written:" + std::to_string(++n));
+  for (std::size_t i = 0; i < plan.code_writes.size(); ++i) {
+    const CodeWrite& w = plan.code_writes[i];
+    Status s = vm_.WriteCode(w.va, w.bytes).WithContext("writing " + w.what);
+    if (!s.ok()) {
+      // All or nothing: put back what this pause already switched, newest first. The arena
+      // bytes may stay: no trampoline reaches them any more.
+      for (std::size_t k = i; k-- > 0;) {
+        const CodeWrite& done = plan.code_writes[k];
+        if (done.expected.empty()) continue;
+        Status undo = vm_.WriteCode(done.va, done.expected);
+        if (!undo.ok()) return s.WithContext("(rolling back " + done.what + " failed too: " + undo.message() + ")");
+      }
+      return s;
+    }
+    Step("code_written:" + std::to_string(i + 1));
   }
   return Status::Ok();
 }

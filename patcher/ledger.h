@@ -37,20 +37,11 @@ struct LedgerFunction {
   std::uint64_t new_size = 0;
 };
 
-// A run of arena pages owned by a patch.
-struct ArenaRange {
-  std::uint64_t offset = 0;  // from the arena base
-  std::uint64_t size = 0;
-  bool executable = false;
-  bool writable = false;
-};
-
 struct LedgerPatch {
   std::string name;
   std::string build_id;  // of the .ko (sha256 of the file), to tell two builds apart
   PatchState state = PatchState::kApplying;
   std::vector<LedgerFunction> functions;
-  std::vector<ArenaRange> arena;
   std::int64_t applied_at = 0;  // unix seconds
 };
 
@@ -62,9 +53,9 @@ struct ArenaMapping {
   std::uint64_t size = 0;
   std::uint64_t pmd_entry_gpa = 0;  // where the PMD entry was written
   std::uint64_t pmd_entry = 0;      // the value written
-  // Arena pages (by index) that have held code the guest may have run: rewriting them must go
-  // through Vm::WriteCode so TCG drops its translations.
-  std::vector<std::uint32_t> executed_pages;
+  // The allocator's state (ArenaLayout::Serialize): who owns which pages, and which freed pages
+  // stay mapped (see patcher/arena_layout.h for why pages are retired, never unmapped).
+  std::string layout;
 };
 
 struct Ledger {

@@ -110,6 +110,18 @@ TEST_F(CommitTest, WriteFailureStillResumes) {
   EXPECT_TRUE(*vm_.Running());
 }
 
+TEST_F(CommitTest, FailedSecondWriteRollsBackTheFirst) {
+  constexpr std::uint64_t kOther = kOld + 0x100;
+  vm_.PokeVirt(kOther, kNop5);
+  plan_.code_writes.push_back({kOther, kNop5, kJmp, "trampoline of 'other'"});
+  vm_.fail_code_writes_after = 1;
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  EXPECT_THAT(c.Commit(plan_), StatusIs(Code::kInternal, HasSubstr("writing trampoline of 'other'")));
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kNop5);
+  EXPECT_EQ(vm_.PeekVirt(kOther, 5), kNop5);
+  EXPECT_TRUE(*vm_.Running());
+}
+
 TEST_F(CommitTest, StepsAreReportedInOrder) {
   plan_.phys_writes = {{0x100000, {1}, "arena"}};
   std::vector<std::string> steps;

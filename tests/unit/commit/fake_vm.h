@@ -103,6 +103,10 @@ class FakeVm : public vmm::Vm {
   Status WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) override {
     if (running_) return FailedPrecondition("code write while running");
     if (fail_code_writes) return Internal("injected write failure");
+    if (fail_code_writes_after >= 0 && code_writes_++ >= fail_code_writes_after) {
+      fail_code_writes_after = -1;  // fail once: the rollback's writes go through
+      return Internal("injected write failure");
+    }
     for (std::size_t i = 0; i < data.size(); ++i) mem_[Gpa(va + i)] = data[i];
     log.push_back("code " + Hex(va));
     return Status::Ok();
@@ -118,6 +122,8 @@ class FakeVm : public vmm::Vm {
   std::vector<std::string> log;
   std::optional<vmm::ArenaDevice> arena;
   bool fail_code_writes = false;
+  int fail_code_writes_after = -1;  // fail the (N+1)th code write, once
+  int code_writes_ = 0;
   bool running_ = true;
   int pauses_ = 0;
   int depth_ = 0;

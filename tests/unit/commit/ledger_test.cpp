@@ -32,7 +32,7 @@ patcher::Ledger SampleLedger() {
   l.kernel_build_id = "abcd";
   l.paused_by_hvpatch = true;
   l.was_running = true;
-  l.arena = {true, 0xffffffffa6600000ull, 0xfe000000, 2 << 20, 0x1234000, 0xfe0001e3, {1, 2}};
+  l.arena = {true, 0xffffffffa6600000ull, 0xfe000000, 2 << 20, 0x1234000, 0xfe0001e3, "arena 1 2 3\n"};
   patcher::LedgerPatch p;
   p.name = "hvp_sample";
   p.build_id = "ff";
@@ -40,7 +40,6 @@ patcher::Ledger SampleLedger() {
   p.functions.push_back({"cmdline_proc_show", "vmlinux", 0, 0xffffffff81000000ull, 0x40,
                          0xffffffff81000000ull, {0x0f, 0x1f, 0x44, 0, 0}, {0xe9, 1, 2, 3, 4},
                          0xffffffffa6601000ull, 0x20});
-  p.arena.push_back({0x1000, 0x1000, true, false});
   l.patches.push_back(p);
   return l;
 }
@@ -59,7 +58,7 @@ TEST_F(StateDirTest, LedgerRoundTripsThroughTheFile) {
   EXPECT_EQ(fn.trampoline, (std::vector<std::uint8_t>{0xe9, 1, 2, 3, 4}));
   EXPECT_EQ(l->patches[0].state, patcher::PatchState::kApplying);
   EXPECT_EQ(l->arena.pmd_entry, 0xfe0001e3u);
-  EXPECT_EQ(l->arena.executed_pages, (std::vector<std::uint32_t>{1, 2}));
+  EXPECT_EQ(l->arena.layout, "arena 1 2 3\n");
   EXPECT_TRUE(l->paused_by_hvpatch);
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/vm.json.tmp"));
 }
