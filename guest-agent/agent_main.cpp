@@ -70,9 +70,10 @@ int main(int argc, char** argv) {
     channel = std::make_unique<hv::agent::VirtioSerialChannel>(port_name, paths.sys_root, dev_root);
   }
   if (unix_path.empty()) {
-    // The guest console shows the kernel log; one line there tells an operator the agent is up.
+    // The guest console shows the kernel log (notices need loglevel>5); one line there tells an
+    // operator the agent is up.
     if (FILE* kmsg = std::fopen((dev_root + "/kmsg").c_str(), "w")) {
-      std::fprintf(kmsg, "hvpatch-agent %s: started, serving %s\n", HVPATCH_AGENT_VERSION,
+      std::fprintf(kmsg, "<5>hvpatch-agent %s: started, serving %s\n", HVPATCH_AGENT_VERSION,
                    channel->Describe().c_str());
       std::fclose(kmsg);
     }
