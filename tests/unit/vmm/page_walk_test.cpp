@@ -17,7 +17,7 @@ constexpr std::uint64_t k4K = 4096, k2M = 2ull << 20, k1G = 1ull << 30;
 
 class PageWalkTest : public ::testing::TestWithParam<bool> {
  protected:
-  PageWalkTest() : mem_(64ull << 20) { root_ = mem_.AllocTable(); }
+  PageWalkTest() : mem_(16ull << 20) { root_ = mem_.AllocTable(); }
   PagingMode Mode() const { return PagingMode{root_ | 0x5 /* PCID bits are ignored */, GetParam(), true}; }
   FakePhysMemory mem_;
   std::uint64_t root_;
@@ -150,7 +150,7 @@ INSTANTIATE_TEST_SUITE_P(FourAndFiveLevels, PageWalkTest, ::testing::Bool(),
 
 TEST(PageWalkLa57Test, FiveLevelOnlyAddress) {
   // An address that exists only with 57-bit virtual addresses.
-  FakePhysMemory mem(16ull << 20);
+  FakePhysMemory mem(1ull << 20);
   const std::uint64_t root = mem.AllocTable();
   const std::uint64_t va = 0xff00000000001000ull;
   mem.Map(root, true, va, 0x5000, k4K, kP | kW);
