@@ -101,7 +101,7 @@ Status QemuVm::Setup(const std::string& qmp_path, const QemuVmOptions& options) 
   HV_RETURN_IF_ERROR(DiscoverArena());
   HV_RETURN_IF_ERROR(DiscoverMemory());
   // The gdbstub attach stops the VM; from here on it must be restarted on every path.
-  Status s = StartGdbStub(options);
+  Status s = StartGdbStub(options, was_running);
   if (s.ok()) s = VerifyFastPath();
   if (was_running) {
     Status c = qmp_->Execute("cont").status();
@@ -242,7 +242,7 @@ Status QemuVm::DiscoverMemory() {
   return Status::Ok();
 }
 
-Status QemuVm::StartGdbStub(const QemuVmOptions& options) {
+Status QemuVm::StartGdbStub(const QemuVmOptions& options, bool vm_running) {
   char tmpl[] = "/tmp/hvpatch-gdb-XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return ErrnoError("creating a directory for the gdbstub socket", errno);
   gdb_dir_ = tmpl;
@@ -253,7 +253,9 @@ Status QemuVm::StartGdbStub(const QemuVmOptions& options) {
   if (out.find("Waiting for gdb connection") == std::string::npos) {
     return FailedPrecondition("HMP gdbserver answered '" + out.substr(0, out.find('\r')) + "'");
   }
-  Result<std::unique_ptr<GdbStubClient>> gdb = GdbStubClient::Connect(sock, options.gdb_timeout_ms);
+  // Only a running VM is stopped by the attach, and only then does QEMU send a stop reply.
+  Result<std::unique_ptr<GdbStubClient>> gdb =
+      GdbStubClient::Connect(sock, options.gdb_timeout_ms, vm_running ? options.gdb_timeout_ms : 0);
   if (!gdb.ok()) return gdb.status().WithContext("attaching to the gdbstub");
   gdb_ = std::move(*gdb);
   HV_RETURN_IF_ERROR(gdb_->Command("qSupported:xmlRegisters=i386").status());
@@ -438,8 +440,16 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
     return InvalidArgument("code write of " + std::to_string(data.size()) + " bytes exceeds 1 MiB");
   }
   HV_RETURN_IF_ERROR(RequirePaused());
-  HV_ASSIGN_OR_RETURN(VcpuState v0, ReadVcpu(0));
-  if (!(v0.cr0 & (1u << 31))) return FailedPrecondition("vCPU 0 runs with paging off");
+  // Kernel mappings are shared by every kernel page table, but a vCPU in user mode may run
+  // on a PTI user page table that maps almost no kernel text: take a vCPU in the kernel.
+  HV_ASSIGN_OR_RETURN(std::vector<VcpuState> vcpus, VcpuStates());
+  const auto in_kernel = std::find_if(vcpus.begin(), vcpus.end(), [](const VcpuState& v) {
+    return v.in_kernel() && (v.cr0 & (1u << 31));
+  });
+  if (in_kernel == vcpus.end()) {
+    return FailedPrecondition("no vCPU runs in the kernel with paging on").WithHint("retry the pause");
+  }
+  const VcpuState& v0 = *in_kernel;
   const PagingMode mode{v0.cr3, v0.la57(), ((v0.efer >> 11) & 1) != 0};
   std::size_t done = 0;
   std::vector<std::uint8_t> back;

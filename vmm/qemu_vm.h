@@ -56,7 +56,9 @@ class QemuVm final : public Vm {
   std::vector<PhysRange> RamRanges() const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
-  // Translates `va` through vCPU 0's page tables and writes with gdbstub `M` in physical mode:
+  // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel
+  // page table maps kernel text; a user-mode vCPU may be on a PTI user table that does not)
+  // and writes with gdbstub `M` in physical mode:
   // QEMU's physical write path invalidates translated blocks on those pages, so TCG runs the
   // new bytes. At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors;
   // kInternal when the read-back differs.
@@ -80,7 +82,7 @@ class QemuVm final : public Vm {
   Status FindPid();
   Status DiscoverMemory();
   Status DiscoverArena();
-  Status StartGdbStub(const QemuVmOptions& options);
+  Status StartGdbStub(const QemuVmOptions& options, bool vm_running);
   Status VerifyFastPath();
   Status RequirePaused();
   Result<VcpuState> ReadVcpu(int index);

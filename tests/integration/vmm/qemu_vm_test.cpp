@@ -238,6 +238,25 @@ TEST_F(QemuVmTest, WriteCodeRedirectsAndRestoresCmdline) {
   EXPECT_THAT(*restored, Not(HasSubstr("Linux version")));
 }
 
+TEST_F(QemuVmTest, ReconnectingToAnOperatorPausedVmLeavesItPaused) {
+  // Runs last but one: it replaces the suite's connection (and its gdbserver) with a new one.
+  ASSERT_THAT(vm_->qmp().Execute("stop"), IsOk());
+  delete vm_;
+  vm_ = nullptr;
+  auto vm = QemuVm::Connect(guest_->qmp_path());
+  ASSERT_THAT(vm, IsOk());
+  vm_ = vm->release();
+  EXPECT_FALSE(QmpRunning()) << "connecting (and the gdbstub attach) must not resume it";
+  ASSERT_THAT(vm_->Pause(), IsOk());
+  auto states = vm_->VcpuStates();
+  ASSERT_THAT(vm_->Resume(), IsOk());
+  ASSERT_THAT(states, IsOk());
+  EXPECT_EQ(states->size(), 2u);
+  EXPECT_FALSE(QmpRunning());
+  ASSERT_THAT(vm_->qmp().Execute("cont"), IsOk());
+  EXPECT_THAT(guest_->Check("echo alive"), IsOk());
+}
+
 TEST_F(QemuVmTest, IdentityAndDescription) {
   EXPECT_THAT(vm_->Identity(), HasSubstr("qmp.sock"));  // the test guest has no -uuid
   EXPECT_THAT(vm_->Describe(), HasSubstr("QEMU pid " + std::to_string(guest_->qemu_pid())));
