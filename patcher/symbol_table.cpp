@@ -134,6 +134,7 @@ Status SymbolTable::AddObject(std::string_view module, std::vector<KernelSymbol>
     i = j;
   }
 
+  symbols_.reserve(symbols_.size() + symbols.size());
   for (KernelSymbol& s : symbols) symbols_.push_back(std::move(s));
   objects_.push_back(std::move(obj));
 

@@ -1,0 +1,264 @@
+#include "patcher/guest_kernel.h"
+
+#include <algorithm>
+
+#include "base/hex.h"
+#include "patcher/kallsyms_decoder.h"
+
+namespace hv::patcher {
+namespace {
+
+constexpr int kMaxStackHops = 4;
+
+Result<std::uint64_t> SymbolValue(const SymbolTable& table, std::string_view name) {
+  HV_ASSIGN_OR_RETURN(const KernelSymbol* s, table.Find("", name, 0));
+  return s->address;
+}
+
+// The paging root: init_top_pgt through the kernel's __pa_symbol arithmetic, else vCPU 0's CR3.
+Result<vmm::PagingMode> PagingRoot(const Vmcoreinfo& info, std::span<const vmm::VcpuState> vcpus) {
+  vmm::PagingMode mode;
+  auto pgt = info.Symbol("init_top_pgt");
+  auto phys_base = info.Number("phys_base");
+  if (pgt && phys_base && *pgt >= kStartKernelMap) {
+    mode.cr3 = *pgt - kStartKernelMap + static_cast<std::uint64_t>(*phys_base);
+    mode.la57 = info.Number("pgtable_l5_enabled").value_or(0) == 1;
+    return mode;
+  }
+  if (vcpus.empty()) {
+    return NotFound("vmcoreinfo has no init_top_pgt and phys_base, and no vCPU state was given");
+  }
+  mode.cr3 = vcpus.front().cr3 & vmm::pte::kAddrMask;
+  mode.la57 = vcpus.front().la57();
+  mode.nxe = (vcpus.front().efer >> 11) & 1;
+  return mode;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemory& mem,
+                                                        std::span<const vmm::VcpuState> vcpus,
+                                                        const GuestKernelOptions& options) {
+  std::unique_ptr<GuestKernel> k(new GuestKernel());
+  Result<Vmcoreinfo> info = Vmcoreinfo::Find(mem);
+  if (!info.ok()) return info.status().WithContext("finding vmcoreinfo");
+  k->vmcoreinfo_ = std::move(*info);
+  Result<vmm::PagingMode> mode = PagingRoot(k->vmcoreinfo_, vcpus);
+  if (!mode.ok()) return mode.status().WithContext("finding the kernel page tables");
+  k->paging_ = *mode;
+  const KernelMemory kmem(mem, k->paging_);
+
+  // vmlinux symbols: kallsyms from memory, else the fallbacks.
+  Status decoded = [&]() -> Status {
+    HV_ASSIGN_OR_RETURN(KallsymsLocation where, KallsymsDecoder::Locate(k->vmcoreinfo_));
+    HV_ASSIGN_OR_RETURN(std::vector<KernelSymbol> syms, KallsymsDecoder::Read(kmem, where));
+    SymbolTable table;
+    HV_RETURN_IF_ERROR(table.AddObject("", std::move(syms)));
+    // A sanity check that ties the tables to this kernel (and the KASLR offset to both).
+    if (auto stext = k->vmcoreinfo_.Symbol("_stext")) {
+      HV_ASSIGN_OR_RETURN(std::uint64_t decoded_stext, SymbolValue(table, "_stext"));
+      if (decoded_stext != *stext) {
+        return InvalidArgument("kallsyms puts _stext at " + Hex(decoded_stext) +
+                               " but vmcoreinfo says " + Hex(*stext));
+      }
+    }
+    k->symbols_ = std::move(table);
+    k->symbol_source_ = "guest memory (kallsyms)";
+    return Status::Ok();
+  }();
+  if (!decoded.ok()) {
+    if (!options.agent_kallsyms.empty()) {
+      Result<SymbolTable> t = ParseKallsymsText(options.agent_kallsyms);
+      if (!t.ok()) return t.status().WithContext("parsing the agent's kallsyms");
+      k->symbols_ = std::move(*t);
+      k->symbol_source_ = "agent kallsyms";
+    } else if (!options.system_map.empty()) {
+      Result<SymbolTable> t = ParseSystemMap(
+          options.system_map, options.kaslr_offset.value_or(k->vmcoreinfo_.kernel_offset()));
+      if (!t.ok()) return t.status().WithContext("parsing System.map");
+      k->symbols_ = std::move(*t);
+      k->symbol_source_ = "System.map";
+    } else {
+      return decoded.WithContext("decoding kallsyms")
+          .WithHint("give the agent's kallsyms or a System.map for this kernel build");
+    }
+  }
+  if (auto end = SymbolValue(k->symbols_, "__per_cpu_end"); end.ok()) k->per_cpu_end_ = *end;
+
+  // BTF.
+  {
+    auto start = SymbolValue(k->symbols_, "__start_BTF");
+    auto stop = SymbolValue(k->symbols_, "__stop_BTF");
+    if (!start.ok()) return start.status().WithContext("reading BTF");
+    if (!stop.ok()) return stop.status().WithContext("reading BTF");
+    Result<KernelBtf> btf = KernelBtf::Read(kmem, *start, *stop);
+    if (!btf.ok()) return btf.status().WithContext("reading BTF");
+    k->btf_.emplace(std::move(*btf));
+  }
+
+  // Modules: their symbols join the table unless the agent's text already had them.
+  {
+    Result<ModuleLayout> layout = ModuleLayout::FromBtf(*k->btf_);
+    if (!layout.ok()) return layout.status().WithContext("reading modules");
+    Result<std::uint64_t> head = SymbolValue(k->symbols_, "modules");
+    if (!head.ok()) return head.status().WithContext("reading modules");
+    Result<std::vector<GuestModule>> mods = ModuleReader(*layout).Read(kmem, *head);
+    if (!mods.ok()) return mods.status().WithContext("reading modules");
+    k->modules_ = std::move(*mods);
+    if (k->symbols_.modules().empty()) {
+      for (const GuestModule& m : k->modules_) {
+        std::optional<std::uint64_t> end;
+        if (m.core_size) end = m.core_base + m.core_size;
+        Status s = k->symbols_.AddObject(m.name, m.symbols, end);
+        if (!s.ok()) return s.WithContext("reading modules");
+      }
+    }
+  }
+
+  // Tasks.
+  {
+    Result<TaskLayout> layout = TaskLayout::FromBtf(*k->btf_, k->symbols_);
+    if (!layout.ok()) return layout.status().WithContext("walking tasks");
+    Result<TaskAnchors> anchors = TaskAnchors::FromSymbols(k->symbols_);
+    if (!anchors.ok()) return anchors.status().WithContext("walking tasks");
+    k->walker_.emplace(std::move(*layout), std::move(*anchors));
+    if (options.walk_tasks) {
+      Result<TaskSnapshot> snap = k->walker_->Walk(kmem);
+      if (!snap.ok()) return snap.status().WithContext("walking tasks");
+      k->initial_tasks_ = std::move(*snap);
+    }
+  }
+  return k;
+}
+
+Result<ResolvedSymbol> GuestKernel::Resolve(std::string_view name, std::string_view object,
+                                            std::uint64_t sympos) const {
+  auto to_resolved = [&](const KernelSymbol* s) {
+    ResolvedSymbol r;
+    r.address = s->address;
+    r.size = s->size;
+    r.per_cpu = s->module.empty() && per_cpu_end_ && s->address < per_cpu_end_;
+    return r;
+  };
+  if (sympos > std::numeric_limits<std::uint32_t>::max()) {
+    return NotFound("symbol position " + std::to_string(sympos) + " for symbol '" +
+                    std::string(name) + "' not found");
+  }
+  const auto pos = static_cast<std::uint32_t>(sympos);
+  if (!object.empty()) {
+    const std::string_view module = object == "vmlinux" ? std::string_view() : object;
+    HV_ASSIGN_OR_RETURN(const KernelSymbol* s, symbols_.Find(module, name, pos));
+    return to_resolved(s);
+  }
+  Result<const KernelSymbol*> s = symbols_.Find("", name, pos);
+  if (s.ok()) return to_resolved(*s);
+  if (s.status().code() != Code::kNotFound) return s.status();
+  for (const std::string& m : symbols_.modules()) {
+    Result<const KernelSymbol*> in_module = symbols_.Find(m, name, pos);
+    if (in_module.ok()) return to_resolved(*in_module);
+    if (in_module.status().code() != Code::kNotFound) return in_module.status();
+  }
+  return NotFound("symbol '" + std::string(name) + "' not found in vmlinux or any loaded module");
+}
+
+Result<TaskSnapshot> GuestKernel::WalkTasks(const vmm::GuestPhysMemory& mem) const {
+  const KernelMemory kmem(mem, paging_);
+  Result<TaskSnapshot> snap = walker_->Walk(kmem);
+  if (!snap.ok()) return snap.status().WithContext("walking tasks");
+  return snap;
+}
+
+Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysMemory& mem,
+                                                           std::span<const vmm::VcpuState> vcpus) const {
+  const KernelMemory kmem(mem, paging_);
+  HV_ASSIGN_OR_RETURN(TaskSnapshot snap, WalkTasks(mem));
+  std::vector<StackRegion> out;
+  std::vector<std::uint64_t> running;  // task_structs handled through a vCPU
+
+  for (const vmm::VcpuState& vcpu : vcpus) {
+    const int cpu = TaskWalker::CpuOfVcpu(snap, vcpu);
+    if (cpu < 0) {
+      return InvalidArgument("vCPU " + std::to_string(vcpu.index) + " matches no guest CPU");
+    }
+    const CpuView& view = snap.cpus[static_cast<std::size_t>(cpu)];
+    running.push_back(view.current_task);
+    StackRegion base;
+    if (const GuestTask* t = snap.FindTask(view.current_task)) {
+      base.pid = t->pid;
+      base.tid = t->tid;
+      base.comm = t->comm;
+    }
+    if (!vcpu.in_kernel()) continue;  // user mode: no live kernel frames
+    auto range_of = [&](std::uint64_t sp) -> const StackRange* {
+      for (const StackRange& r : view.stacks) {
+        if (sp >= r.begin && sp < r.end) return &r;
+      }
+      return nullptr;
+    };
+    std::uint64_t sp = vcpu.rsp;
+    const StackRange* r = range_of(sp);
+    if (!r) {
+      for (const StackRange& whole : view.stacks) {
+        if (whole.kind == "task" || whole.kind == "irq") {
+          StackRegion reg = base;
+          reg.begin = whole.begin;
+          reg.end = whole.end;
+          reg.kind = "vCPU " + std::to_string(vcpu.index) + " " + whole.kind + " (whole)";
+          out.push_back(std::move(reg));
+        }
+      }
+      continue;
+    }
+    for (int hop = 0; r && hop < kMaxStackHops; ++hop) {
+      StackRegion reg = base;
+      reg.begin = sp & ~7ull;
+      reg.end = r->end;
+      reg.kind = "vCPU " + std::to_string(vcpu.index) + " " + r->kind;
+      out.push_back(std::move(reg));
+      if (r->kind == "task") break;
+      // Where the interrupted context's stack pointer is saved.
+      const std::uint64_t slot = r->kind == "irq" ? r->end - 8 : r->end - 16;
+      Result<std::uint64_t> prev = kmem.ReadU64(slot);
+      if (!prev.ok()) {
+        return FailedPrecondition("vCPU " + std::to_string(vcpu.index) + ": " +
+                                  prev.status().message());
+      }
+      sp = *prev;
+      const StackRange* next = range_of(sp);
+      r = next == r ? nullptr : next;
+    }
+  }
+
+  for (const GuestTask& t : snap.tasks) {
+    if (!t.stack_base) continue;  // an exited task whose stack is already freed
+    if (std::find(running.begin(), running.end(), t.task) != running.end()) continue;
+    StackRegion reg;
+    reg.pid = t.pid;
+    reg.tid = t.tid;
+    reg.comm = t.comm;
+    const std::uint64_t end = t.stack_base + t.stack_size;
+    reg.begin = t.saved_sp >= t.stack_base && t.saved_sp < end ? t.saved_sp : t.stack_base;
+    reg.end = end;
+    reg.kind = t.idle ? "idle task stack" : "task stack";
+    out.push_back(std::move(reg));
+  }
+  return out;
+}
+
+GuestKernelSummary GuestKernel::Summary() const {
+  GuestKernelSummary s;
+  s.release = release();
+  s.build_id = build_id();
+  s.kaslr_offset = kaslr_offset();
+  s.symbols = symbols_.size();
+  s.vmlinux_symbols = symbols_.CountIn("");
+  s.symbol_source = symbol_source_;
+  s.modules = symbols_.modules();
+  s.cpus = static_cast<int>(initial_tasks_.cpus.size());
+  s.tasks = initial_tasks_.tasks.size();
+  s.vmcoreinfo_gpa = vmcoreinfo_.found_at();
+  s.thread_size = walker_ ? walker_->layout().thread_size : 0;
+  return s;
+}
+
+}  // namespace hv::patcher

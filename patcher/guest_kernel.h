@@ -1,0 +1,142 @@
+// GuestKernel: what the patcher knows about the running guest kernel, built from guest memory
+// alone (no debug package, no agent), once per connection:
+//
+//   vmcoreinfo (scan of guest RAM)  -> release, build-id, KASLR offset, paging root, kallsyms
+//   kallsyms (compressed tables)    -> vmlinux symbols, checked against vmcoreinfo's _stext
+//   BTF (__start_BTF..__stop_BTF)   -> task_struct, rq, module, ... offsets
+//   module list (`modules`)         -> per-module symbol tables
+//   task walk                       -> every thread, each CPU's idle and current task, stacks
+//
+// The task walk is re-run at each pause (WalkTasks/StackRegions): tasks come and go while the
+// guest runs. Fallbacks for the symbols when the kallsyms tables cannot be decoded: the guest
+// agent's /proc/kallsyms text, or a user-given System.map plus the KASLR offset.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "patcher/commit.h"
+#include "patcher/kernel_btf.h"
+#include "patcher/module_symbols.h"
+#include "patcher/stack_check.h"
+#include "patcher/symbol_resolver.h"
+#include "patcher/symbol_table.h"
+#include "patcher/task_walk.h"
+#include "patcher/vmcoreinfo.h"
+#include "vmm/guest_memory.h"
+#include "vmm/vm.h"
+
+namespace hv::patcher {
+
+struct GuestKernelOptions {
+  // /proc/kallsyms text (from the guest agent): used when the tables in memory cannot be decoded.
+  std::string agent_kallsyms;
+  // A System.map for the guest's kernel build, with addresses relocated by `kaslr_offset`
+  // (vmcoreinfo's KERNELOFFSET when not given). Used after the agent's kallsyms.
+  std::string system_map;
+  std::optional<std::uint64_t> kaslr_offset;
+  // Skip the initial task walk (for `info` on a guest that is not paused).
+  bool walk_tasks = true;
+};
+
+// What `hvpatch info` prints.
+struct GuestKernelSummary {
+  std::string release;
+  std::string build_id;  // hex
+  std::uint64_t kaslr_offset = 0;
+  std::size_t symbols = 0;          // vmlinux + modules
+  std::size_t vmlinux_symbols = 0;
+  std::string symbol_source;        // "guest memory (kallsyms)", "agent kallsyms", "System.map"
+  std::vector<std::string> modules;
+  int cpus = 0;                     // nr_cpu_ids
+  std::size_t tasks = 0;            // from the build's walk (0 if skipped)
+  std::uint64_t vmcoreinfo_gpa = 0;
+  std::uint64_t thread_size = 0;
+};
+
+class GuestKernel : public SymbolResolver {
+ public:
+  // Builds the model. `vcpus` (their states in a pause) give the fallback paging root when
+  // vmcoreinfo has no init_top_pgt. The guest should be paused for a consistent task walk.
+  // Errors carry the failing step as context ("finding vmcoreinfo: ...", "decoding kallsyms: ...",
+  // "reading BTF: ...", "reading modules: ...", "walking tasks: ..."), with the codes of the step.
+  static Result<std::unique_ptr<GuestKernel>> Build(const vmm::GuestPhysMemory& mem,
+                                                    std::span<const vmm::VcpuState> vcpus,
+                                                    const GuestKernelOptions& options = {});
+
+  const Vmcoreinfo& vmcoreinfo() const { return vmcoreinfo_; }
+  const std::string& release() const { return vmcoreinfo_.os_release(); }
+  const std::string& build_id() const { return vmcoreinfo_.build_id(); }
+  std::uint64_t kaslr_offset() const { return vmcoreinfo_.kernel_offset(); }
+  const SymbolTable& symbols() const { return symbols_; }
+  const std::vector<GuestModule>& modules() const { return modules_; }
+  const KernelBtf& btf() const { return *btf_; }
+  const TaskLayout& task_layout() const { return walker_->layout(); }
+  // The kernel's own page-table root (init_top_pgt), for reading kernel virtual memory.
+  const vmm::PagingMode& paging() const { return paging_; }
+  // The walk done by Build (empty if options.walk_tasks was false).
+  const TaskSnapshot& initial_tasks() const { return initial_tasks_; }
+
+  // Livepatch-style lookup; see SymbolTable::Find.
+  Result<const KernelSymbol*> FindSymbol(std::string_view module, std::string_view name,
+                                         std::uint32_t sympos = 0) const {
+    return symbols_.Find(module, name, sympos);
+  }
+  Result<const KernelSymbol*> SymbolAt(std::uint64_t address) const {
+    return symbols_.FindByAddress(address);
+  }
+
+  // SymbolResolver: "vmlinux" or a module name, or "" for vmlinux then every module.
+  Result<ResolvedSymbol> Resolve(std::string_view name, std::string_view object,
+                                 std::uint64_t sympos) const override;
+
+  // Walks the tasks again (call inside a pause). Errors: see TaskWalker::Walk.
+  Result<TaskSnapshot> WalkTasks(const vmm::GuestPhysMemory& mem) const;
+
+  // The stacks the commit's safety check scans, inside a pause:
+  //  - each vCPU in kernel mode: the stack holding its RSP, from RSP up; from an IRQ stack the
+  //    interrupted SP saved at its top word, from an exception (IST) stack the RSP of the
+  //    hardware frame at its top, is followed (at most 4 hops). If RSP is on no known stack,
+  //    its task stack and IRQ stack are scanned whole. A vCPU in user mode has no live kernel
+  //    frames: its task's stack is skipped.
+  //  - every other thread and idle task: from its saved SP (thread.sp) to the top of its stack,
+  //    or the whole stack if the saved SP is outside it.
+  Result<std::vector<StackRegion>> StackRegions(const vmm::GuestPhysMemory& mem,
+                                                std::span<const vmm::VcpuState> vcpus) const;
+
+  GuestKernelSummary Summary() const;
+
+ private:
+  GuestKernel() = default;
+
+  Vmcoreinfo vmcoreinfo_;
+  vmm::PagingMode paging_;
+  SymbolTable symbols_;
+  std::string symbol_source_;
+  std::optional<KernelBtf> btf_;
+  std::vector<GuestModule> modules_;
+  std::optional<TaskWalker> walker_;
+  TaskSnapshot initial_tasks_;
+  std::uint64_t per_cpu_end_ = 0;
+};
+
+// The commit's StackSource over a GuestKernel: re-walks the tasks in each pause.
+class GuestKernelStacks : public StackSource {
+ public:
+  GuestKernelStacks(const GuestKernel& kernel, const vmm::GuestPhysMemory& mem)
+      : kernel_(kernel), mem_(mem) {}
+  Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) override {
+    return kernel_.StackRegions(mem_, vcpus);
+  }
+
+ private:
+  const GuestKernel& kernel_;
+  const vmm::GuestPhysMemory& mem_;
+};
+
+}  // namespace hv::patcher

@@ -1,0 +1,171 @@
+#include "patcher/kernel_btf.h"
+
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "base/hex.h"
+
+namespace hv::patcher {
+namespace {
+
+// Anonymous members nest a few levels at most in practice; the bound keeps a crafted BTF with
+// self-referencing anonymous members from recursing forever.
+constexpr int kMaxAnonymousDepth = 8;
+
+bool IsComposite(const struct btf_type* t) { return t && (btf_is_struct(t) || btf_is_union(t)); }
+
+struct MemberHit {
+  std::uint64_t bit_offset = 0;
+  std::uint32_t type_id = 0;
+  std::uint32_t bitfield_size = 0;
+};
+
+// Searches `name` among the members of composite `t`, descending into anonymous members.
+bool FindMember(const struct btf* b, const struct btf_type* t, std::string_view name, int depth,
+                MemberHit* hit) {
+  if (depth > kMaxAnonymousDepth) return false;
+  const struct btf_member* m = btf_members(t);
+  for (std::uint16_t i = 0; i < btf_vlen(t); ++i, ++m) {
+    const char* mname = btf__name_by_offset(b, m->name_off);
+    if (mname && *mname) {
+      if (name == mname) {
+        hit->bit_offset = btf_member_bit_offset(t, i);
+        hit->type_id = m->type;
+        hit->bitfield_size = btf_member_bitfield_size(t, i);
+        return true;
+      }
+      continue;
+    }
+    const int inner_id = btf__resolve_type(b, m->type);
+    if (inner_id < 0) continue;
+    const struct btf_type* inner = btf__type_by_id(b, static_cast<std::uint32_t>(inner_id));
+    if (!IsComposite(inner)) continue;
+    MemberHit sub;
+    if (FindMember(b, inner, name, depth + 1, &sub)) {
+      *hit = sub;
+      hit->bit_offset += btf_member_bit_offset(t, i);
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+void KernelBtf::Free::operator()(struct btf* b) const { btf__free(b); }
+
+Result<KernelBtf> KernelBtf::Parse(std::span<const std::uint8_t> blob) {
+  if (blob.size() > kMaxBlobBytes) {
+    return InvalidArgument("BTF of " + std::to_string(blob.size()) + " bytes exceeds the limit of " +
+                           std::to_string(kMaxBlobBytes));
+  }
+  errno = 0;
+  struct btf* b = btf__new(blob.data(), static_cast<std::uint32_t>(blob.size()));
+  const long err = libbpf_get_error(b);
+  if (!b || err) {
+    const int e = err ? static_cast<int>(-err) : (errno ? errno : EINVAL);
+    return InvalidArgument(std::string("malformed BTF: ") + std::strerror(e));
+  }
+  KernelBtf out;
+  out.btf_.reset(b);
+  return out;
+}
+
+Result<KernelBtf> KernelBtf::Read(const KernelMemory& mem, std::uint64_t start, std::uint64_t stop) {
+  if (stop <= start || stop - start > kMaxBlobBytes) {
+    return InvalidArgument("BTF range " + Hex(start) + ".." + Hex(stop) +
+                           " is empty, inverted or over " + std::to_string(kMaxBlobBytes) +
+                           " bytes");
+  }
+  std::vector<std::uint8_t> blob(static_cast<std::size_t>(stop - start));
+  HV_RETURN_IF_ERROR(mem.Read(start, blob).WithContext("reading BTF"));
+  return Parse(blob);
+}
+
+std::size_t KernelBtf::type_count() const { return btf__type_cnt(btf_.get()); }
+
+Result<std::int32_t> KernelBtf::FindComposite(std::string_view type) const {
+  const std::string name(type);
+  std::int32_t id = btf__find_by_name_kind(btf_.get(), name.c_str(), BTF_KIND_STRUCT);
+  if (id <= 0) id = btf__find_by_name_kind(btf_.get(), name.c_str(), BTF_KIND_UNION);
+  if (id <= 0) return NotFound("BTF has no struct or union '" + name + "'");
+  return id;
+}
+
+Result<KernelBtf::Found> KernelBtf::Resolve(std::string_view type, std::string_view path) const {
+  HV_ASSIGN_OR_RETURN(std::int32_t id, FindComposite(type));
+  const struct btf* b = btf_.get();
+  Found found;
+  found.type_id = static_cast<std::uint32_t>(id);
+  std::string_view rest = path;
+  std::string walked(type);
+  while (true) {
+    const std::size_t dot = rest.find('.');
+    const std::string_view part = rest.substr(0, dot);
+    const int resolved = btf__resolve_type(b, found.type_id);
+    const struct btf_type* t =
+        resolved < 0 ? nullptr : btf__type_by_id(b, static_cast<std::uint32_t>(resolved));
+    if (!IsComposite(t)) {
+      return NotFound("BTF member '" + walked + "' is not a struct or union");
+    }
+    MemberHit hit;
+    if (!FindMember(b, t, part, 0, &hit)) {
+      return NotFound("BTF struct '" + walked + "' has no member '" + std::string(part) + "'");
+    }
+    walked += "." + std::string(part);
+    if (hit.bitfield_size != 0 || hit.bit_offset % 8 != 0) {
+      return Unimplemented("BTF member '" + walked + "' is a bitfield");
+    }
+    found.offset += hit.bit_offset / 8;
+    found.type_id = hit.type_id;
+    if (dot == std::string_view::npos) return found;
+    rest = rest.substr(dot + 1);
+  }
+}
+
+Result<std::uint64_t> KernelBtf::Offset(std::string_view type, std::string_view path) const {
+  HV_ASSIGN_OR_RETURN(Found f, Resolve(type, path));
+  return f.offset;
+}
+
+Result<std::uint64_t> KernelBtf::MemberSize(std::string_view type, std::string_view path) const {
+  HV_ASSIGN_OR_RETURN(Found f, Resolve(type, path));
+  const long long size = btf__resolve_size(btf_.get(), f.type_id);
+  if (size < 0) {
+    return InvalidArgument("BTF member '" + std::string(type) + "." + std::string(path) +
+                           "' has no size");
+  }
+  return static_cast<std::uint64_t>(size);
+}
+
+Result<std::uint64_t> KernelBtf::TypeSize(std::string_view type) const {
+  HV_ASSIGN_OR_RETURN(std::int32_t id, FindComposite(type));
+  const long long size = btf__resolve_size(btf_.get(), static_cast<std::uint32_t>(id));
+  if (size < 0) return InvalidArgument("BTF type '" + std::string(type) + "' has no size");
+  return static_cast<std::uint64_t>(size);
+}
+
+bool KernelBtf::HasMember(std::string_view type, std::string_view path) const {
+  return Resolve(type, path).ok();
+}
+
+Result<std::vector<KernelBtf::Member>> KernelBtf::Members(std::string_view type) const {
+  HV_ASSIGN_OR_RETURN(std::int32_t id, FindComposite(type));
+  const struct btf* b = btf_.get();
+  const struct btf_type* t = btf__type_by_id(b, static_cast<std::uint32_t>(id));
+  std::vector<Member> out;
+  const struct btf_member* m = btf_members(t);
+  for (std::uint16_t i = 0; i < btf_vlen(t); ++i, ++m) {
+    const char* name = btf__name_by_offset(b, m->name_off);
+    if (!name || !*name) continue;
+    const long long size = btf__resolve_size(b, m->type);
+    out.push_back(Member{name, btf_member_bit_offset(t, i) / 8,
+                         size < 0 ? 0 : static_cast<std::uint64_t>(size)});
+  }
+  return out;
+}
+
+}  // namespace hv::patcher

@@ -1,0 +1,298 @@
+#include "patcher/task_walk.h"
+
+#include <unordered_set>
+
+#include "base/hex.h"
+
+namespace hv::patcher {
+namespace {
+
+constexpr std::uint64_t kDefaultThreadSize = 16384;
+constexpr std::uint64_t kMaxStackSize = 1ull << 20;
+
+bool PowerOfTwo(std::uint64_t v) { return v && !(v & (v - 1)); }
+
+Result<std::uint64_t> SymbolAddress(const SymbolTable& symbols, std::string_view name) {
+  Result<const KernelSymbol*> s = symbols.Find("", name, 0);
+  if (!s.ok()) return s.status().WithContext("locating tasks");
+  return (*s)->address;
+}
+
+std::optional<std::uint64_t> OptionalSymbol(const SymbolTable& symbols, std::string_view name) {
+  Result<const KernelSymbol*> s = symbols.Find("", name, 0);
+  if (!s.ok()) return std::nullopt;
+  return (*s)->address;
+}
+
+}  // namespace
+
+Result<TaskLayout> TaskLayout::FromBtf(const KernelBtf& btf, const SymbolTable& symbols) {
+  TaskLayout l;
+  auto ctx = [](Status s) { return s.WithContext("task layout"); };
+#define HV_LAYOUT_FIELD(dst, type, path)                 \
+  do {                                                   \
+    Result<std::uint64_t> r_ = btf.Offset(type, path);   \
+    if (!r_.ok()) return ctx(r_.status());               \
+    dst = *r_;                                           \
+  } while (0)
+  HV_LAYOUT_FIELD(l.tasks, "task_struct", "tasks");
+  HV_LAYOUT_FIELD(l.pid, "task_struct", "pid");
+  HV_LAYOUT_FIELD(l.tgid, "task_struct", "tgid");
+  HV_LAYOUT_FIELD(l.comm, "task_struct", "comm");
+  HV_LAYOUT_FIELD(l.stack, "task_struct", "stack");
+  HV_LAYOUT_FIELD(l.thread_sp, "task_struct", "thread.sp");
+  HV_LAYOUT_FIELD(l.on_cpu, "task_struct", "on_cpu");
+  HV_LAYOUT_FIELD(l.signal, "task_struct", "signal");
+  HV_LAYOUT_FIELD(l.rq_curr, "rq", "curr");
+  HV_LAYOUT_FIELD(l.rq_idle, "rq", "idle");
+  if (btf.HasMember("task_struct", "__state")) {
+    HV_LAYOUT_FIELD(l.state, "task_struct", "__state");
+    if (auto size = btf.MemberSize("task_struct", "__state"); size.ok()) l.state_size = *size;
+  } else {
+    HV_LAYOUT_FIELD(l.state, "task_struct", "state");  // before 5.14: long state
+    l.state_size = 4;  // the low half holds every state bit on little-endian x86
+  }
+  if (auto size = btf.MemberSize("task_struct", "comm"); size.ok() && *size > 0 && *size <= 64) {
+    l.comm_size = *size;
+  }
+  if (btf.HasMember("task_struct", "cpu")) l.cpu = *btf.Offset("task_struct", "cpu");
+  if (btf.HasMember("signal_struct", "thread_head") && btf.HasMember("task_struct", "thread_node")) {
+    HV_LAYOUT_FIELD(l.signal_thread_head, "signal_struct", "thread_head");
+    HV_LAYOUT_FIELD(l.thread_node, "task_struct", "thread_node");
+  } else {
+    std::uint64_t tg = 0;
+    HV_LAYOUT_FIELD(tg, "task_struct", "thread_group");
+    l.thread_group = tg;
+  }
+  if (btf.HasMember("pcpu_hot", "current_task")) {
+    l.pcpu_hot_current_task = *btf.Offset("pcpu_hot", "current_task");
+  }
+#undef HV_LAYOUT_FIELD
+
+  // THREAD_SIZE, in order of preference (see the header).
+  l.thread_size = kDefaultThreadSize;
+  l.thread_size_source = "default";
+  if (auto s = btf.TypeSize("thread_union"); s.ok() && PowerOfTwo(*s) && *s <= kMaxStackSize) {
+    l.thread_size = *s;
+    l.thread_size_source = "BTF union thread_union";
+  } else {
+    auto start = OptionalSymbol(symbols, "__start_init_task");
+    auto end = OptionalSymbol(symbols, "__end_init_task");
+    if (start && end && *end > *start && PowerOfTwo(*end - *start) && *end - *start <= kMaxStackSize) {
+      l.thread_size = *end - *start;
+      l.thread_size_source = "kallsyms __end_init_task - __start_init_task";
+    }
+  }
+  if (auto s = btf.TypeSize("irq_stack"); s.ok() && *s > 0 && *s <= kMaxStackSize) {
+    l.irq_stack_size = *s;
+  }
+  if (auto members = btf.Members("cea_exception_stacks"); members.ok()) {
+    for (const KernelBtf::Member& m : *members) {
+      const std::string_view n = m.name;
+      if (n.size() > 6 && n.substr(n.size() - 6) == "_stack" && m.size > 0 && m.size <= kMaxStackSize) {
+        l.exception_stacks.push_back({m.name, m.offset, m.size});
+      }
+    }
+  }
+  return l;
+}
+
+Result<TaskAnchors> TaskAnchors::FromSymbols(const SymbolTable& symbols) {
+  TaskAnchors a;
+  HV_ASSIGN_OR_RETURN(a.init_task, SymbolAddress(symbols, "init_task"));
+  HV_ASSIGN_OR_RETURN(a.per_cpu_offset, SymbolAddress(symbols, "__per_cpu_offset"));
+  HV_ASSIGN_OR_RETURN(a.nr_cpu_ids, SymbolAddress(symbols, "nr_cpu_ids"));
+  HV_ASSIGN_OR_RETURN(a.runqueues, SymbolAddress(symbols, "runqueues"));
+  a.current_task = OptionalSymbol(symbols, "current_task");
+  a.pcpu_hot = OptionalSymbol(symbols, "pcpu_hot");
+  a.hardirq_stack_ptr = OptionalSymbol(symbols, "hardirq_stack_ptr");
+  a.cea_exception_stacks = OptionalSymbol(symbols, "cea_exception_stacks");
+  return a;
+}
+
+const GuestTask* TaskSnapshot::FindTask(std::uint64_t task_struct) const {
+  for (const GuestTask& t : tasks) {
+    if (t.task == task_struct) return &t;
+  }
+  return nullptr;
+}
+
+Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t task) const {
+  const TaskLayout& l = layout_;
+  GuestTask t;
+  t.task = task;
+  auto ctx = [&](const Status& s) { return s.WithContext("reading task_struct at " + Hex(task)); };
+  Result<std::int32_t> tid = mem.ReadS32(task + l.pid);
+  if (!tid.ok()) return ctx(tid.status());
+  Result<std::int32_t> tgid = mem.ReadS32(task + l.tgid);
+  if (!tgid.ok()) return ctx(tgid.status());
+  Result<std::string> comm = mem.ReadCharArray(task + l.comm, l.comm_size);
+  if (!comm.ok()) return ctx(comm.status());
+  Result<std::uint32_t> state = mem.ReadU32(task + l.state);
+  if (!state.ok()) return ctx(state.status());
+  Result<std::uint32_t> on_cpu = mem.ReadU32(task + l.on_cpu);
+  if (!on_cpu.ok()) return ctx(on_cpu.status());
+  Result<std::uint64_t> stack = mem.ReadU64(task + l.stack);
+  if (!stack.ok()) return ctx(stack.status());
+  Result<std::uint64_t> sp = mem.ReadU64(task + l.thread_sp);
+  if (!sp.ok()) return ctx(sp.status());
+  t.tid = *tid;
+  t.pid = *tgid;
+  t.comm = std::move(*comm);
+  t.state = *state;
+  t.on_cpu = *on_cpu != 0;
+  t.stack_base = *stack;
+  t.stack_size = l.thread_size;
+  t.saved_sp = *sp;
+  return t;
+}
+
+Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
+  const TaskLayout& l = layout_;
+  TaskSnapshot snap;
+  std::unordered_set<std::uint64_t> seen;  // task_struct addresses, across all lists
+
+  // Follows a circular list from `head` (a list_head address), calling `visit` with each
+  // entry's list_head address. The head itself is not an entry.
+  auto walk_list = [&](std::uint64_t head, const std::string& what, auto&& visit) -> Status {
+    std::unordered_set<std::uint64_t> nodes;
+    std::uint64_t node = head;
+    for (std::size_t steps = 0;; ++steps) {
+      Result<std::uint64_t> next = mem.ReadU64(node);
+      if (!next.ok()) return next.status().WithContext("walking " + what + " at " + Hex(node));
+      node = *next;
+      if (node == head) return Status::Ok();
+      if (steps >= kMaxTasks) {
+        return InvalidArgument(what + " has more than " + std::to_string(kMaxTasks) + " entries");
+      }
+      if (!nodes.insert(node).second) {
+        return InvalidArgument("cycle in " + what + " at " + Hex(node));
+      }
+      HV_RETURN_IF_ERROR(visit(node));
+    }
+  };
+
+  auto add_task = [&](std::uint64_t task) -> Status {
+    if (snap.tasks.size() >= kMaxTasks) {
+      return InvalidArgument("more than " + std::to_string(kMaxTasks) + " tasks");
+    }
+    if (!seen.insert(task).second) return Status::Ok();  // e.g. a leader met again as a thread
+    HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, task));
+    snap.tasks.push_back(std::move(t));
+    return Status::Ok();
+  };
+
+  // Processes, then each one's threads. init_task (pid 0) is the head: it is CPU 0's idle task
+  // and is added with the idle tasks below.
+  std::vector<std::uint64_t> leaders;
+  HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, "the process list",
+                               [&](std::uint64_t node) -> Status {
+                                 leaders.push_back(node - l.tasks);
+                                 return Status::Ok();
+                               }));
+  for (std::uint64_t leader : leaders) {
+    HV_RETURN_IF_ERROR(add_task(leader));
+    const std::string what = "the thread list of task " + Hex(leader);
+    if (l.thread_group) {
+      HV_RETURN_IF_ERROR(walk_list(leader + *l.thread_group, what, [&](std::uint64_t node) {
+        return add_task(node - *l.thread_group);
+      }));
+      continue;
+    }
+    Result<std::uint64_t> signal = mem.ReadU64(leader + l.signal);
+    if (!signal.ok()) return signal.status().WithContext("reading signal of task " + Hex(leader));
+    if (*signal == 0) continue;  // a task being reaped has no signal_struct any more
+    HV_RETURN_IF_ERROR(walk_list(*signal + l.signal_thread_head, what, [&](std::uint64_t node) {
+      return add_task(node - l.thread_node);
+    }));
+  }
+
+  // CPUs: idle task, current task and stacks of each.
+  Result<std::uint32_t> nr_cpus = mem.ReadU32(anchors_.nr_cpu_ids);
+  if (!nr_cpus.ok()) return nr_cpus.status().WithContext("reading nr_cpu_ids");
+  if (*nr_cpus == 0 || *nr_cpus > kMaxCpus) {
+    return InvalidArgument("nr_cpu_ids " + std::to_string(*nr_cpus) + " is not in 1.." +
+                           std::to_string(kMaxCpus));
+  }
+  for (std::uint32_t cpu = 0; cpu < *nr_cpus; ++cpu) {
+    CpuView v;
+    v.cpu = static_cast<int>(cpu);
+    const std::string ctx = "CPU " + std::to_string(cpu);
+    Result<std::uint64_t> base = mem.ReadU64(anchors_.per_cpu_offset + 8ull * cpu);
+    if (!base.ok()) return base.status().WithContext(ctx + ": reading __per_cpu_offset");
+    v.per_cpu_base = *base;
+    const std::uint64_t rq = *base + anchors_.runqueues;
+    Result<std::uint64_t> idle = mem.ReadU64(rq + l.rq_idle);
+    if (!idle.ok()) return idle.status().WithContext(ctx + ": reading rq->idle");
+    v.idle_task = *idle;
+    std::uint64_t current_at = rq + l.rq_curr;
+    if (anchors_.current_task) {
+      current_at = *base + *anchors_.current_task;
+    } else if (anchors_.pcpu_hot && l.pcpu_hot_current_task) {
+      current_at = *base + *anchors_.pcpu_hot + *l.pcpu_hot_current_task;
+    }
+    Result<std::uint64_t> current = mem.ReadU64(current_at);
+    if (!current.ok()) return current.status().WithContext(ctx + ": reading the current task");
+    v.current_task = *current;
+
+    if (v.idle_task != 0) {
+      if (seen.insert(v.idle_task).second) {
+        HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, v.idle_task));
+        t.idle = true;
+        t.idle_cpu = v.cpu;
+        snap.tasks.push_back(std::move(t));
+      } else {
+        for (GuestTask& t : snap.tasks) {
+          if (t.task == v.idle_task) {
+            t.idle = true;
+            t.idle_cpu = v.cpu;
+          }
+        }
+      }
+    }
+    snap.cpus.push_back(std::move(v));
+  }
+
+  // Stack ranges of each CPU (after the tasks, so the current task's stack is known).
+  for (CpuView& v : snap.cpus) {
+    const std::string ctx = "CPU " + std::to_string(v.cpu);
+    if (const GuestTask* t = snap.FindTask(v.current_task); t && t->stack_base) {
+      v.stacks.push_back({"task", t->stack_base, t->stack_base + t->stack_size});
+    } else if (v.current_task) {
+      HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, v.current_task));
+      if (t.stack_base) v.stacks.push_back({"task", t.stack_base, t.stack_base + t.stack_size});
+    }
+    if (anchors_.hardirq_stack_ptr && l.irq_stack_size) {
+      Result<std::uint64_t> top = mem.ReadU64(v.per_cpu_base + *anchors_.hardirq_stack_ptr);
+      if (!top.ok()) return top.status().WithContext(ctx + ": reading hardirq_stack_ptr");
+      if (*top) {  // hardirq_stack_ptr is the top word: the stack ends 8 bytes above it
+        const std::uint64_t end = *top + 8;
+        v.stacks.push_back({"irq", end - l.irq_stack_size, end});
+      }
+    }
+    if (anchors_.cea_exception_stacks) {
+      Result<std::uint64_t> cea = mem.ReadU64(v.per_cpu_base + *anchors_.cea_exception_stacks);
+      if (!cea.ok()) return cea.status().WithContext(ctx + ": reading cea_exception_stacks");
+      if (*cea) {
+        for (const TaskLayout::Slot& s : l.exception_stacks) {
+          v.stacks.push_back({"exception " + s.name, *cea + s.offset, *cea + s.offset + s.size});
+        }
+      }
+    }
+  }
+  return snap;
+}
+
+int TaskWalker::CpuOfVcpu(const TaskSnapshot& snap, const vmm::VcpuState& vcpu) {
+  const std::uint64_t gs = vcpu.in_kernel() ? vcpu.gs_base : vcpu.kernel_gs_base;
+  for (const CpuView& v : snap.cpus) {
+    if (v.per_cpu_base == gs) return v.cpu;
+  }
+  for (const CpuView& v : snap.cpus) {  // swapgs window: the other register holds it
+    if (v.per_cpu_base == vcpu.gs_base || v.per_cpu_base == vcpu.kernel_gs_base) return v.cpu;
+  }
+  if (vcpu.index >= 0 && static_cast<std::size_t>(vcpu.index) < snap.cpus.size()) return vcpu.index;
+  return -1;
+}
+
+}  // namespace hv::patcher
