@@ -26,6 +26,7 @@ constexpr std::size_t kMaxSectionBytes = 16u << 20;
 constexpr std::size_t kMaxString = 4096;
 constexpr std::size_t kMaxObjects = 64;
 constexpr std::size_t kMaxFunctionsPerObject = 1024;
+constexpr std::size_t kMaxFunctions = 1024;  // over all objects
 // Linux's MODULE_NAME_LEN is 64 - sizeof(unsigned long): 55 characters and the NUL.
 constexpr std::size_t kMaxModuleName = 55;
 
@@ -271,7 +272,9 @@ class PatchModuleParser {
         return InvalidArgument("symbol " + std::to_string(i) + " ('" + s.name + "') section index " +
                                std::to_string(s.section) + " is out of range");
       }
+      if (s.type == STT_FUNC && !special) func_starts_.push_back({s.section, s.value, static_cast<std::uint32_t>(i)});
     }
+    std::sort(func_starts_.begin(), func_starts_.end());
     return Status::Ok();
   }
 
@@ -576,6 +579,9 @@ class PatchModuleParser {
         return InvalidArgument("object '" + object + "': function '" + f.old_name + "' (sympos " +
                                std::to_string(sympos) + ") is listed twice");
       }
+      if (m_.functions_.size() >= kMaxFunctions) {
+        return InvalidArgument("more than " + std::to_string(kMaxFunctions) + " functions in the klp tables");
+      }
       m_.functions_.push_back(std::move(f));
     }
     if (n == 0) return InvalidArgument("object '" + object + "' has an empty klp_func array");
@@ -594,8 +600,8 @@ class PatchModuleParser {
                              "', which is not code");
     }
     const ModuleSymbol* best = nullptr;
-    for (const auto& sym : m_.symbols_) {
-      if (sym.section != p.section || sym.value != p.offset || sym.type != STT_FUNC) continue;
+    for (const FuncStart& fs : FunctionsAt(p.section, p.offset)) {
+      const ModuleSymbol& sym = m_.symbols_[fs.index];
       if (sym.size == 0 || sym.size > s.size - sym.value) continue;
       // Prefer the function's own (often local) name over init_module/cleanup_module aliases.
       if (best == nullptr || best->binding != STB_LOCAL) best = &sym;
@@ -613,23 +619,41 @@ class PatchModuleParser {
 
   // The module's init and exit functions only run in an in-guest load (they call
   // klp_enable_patch). They are never copied to the guest.
+  // A module has one of each; only the first counts.
   void MarkModuleBoilerplate() {
+    bool init = false;
+    bool exit = false;
     for (const auto& entry : m_.symbols_) {
       if (entry.type != STT_FUNC || entry.section == SHN_UNDEF || entry.section >= m_.sections_.size()) continue;
-      if (entry.name != "init_module" && entry.name != "cleanup_module") continue;
+      bool& seen = entry.name == "init_module" ? init : exit;
+      if ((entry.name != "init_module" && entry.name != "cleanup_module") || seen) continue;
+      seen = true;
       const std::string kind = entry.name == "init_module" ? "module init function" : "module exit function";
       std::string shown = entry.name;
-      for (const auto& alias : m_.symbols_) {
-        if (alias.section == entry.section && alias.value == entry.value && alias.type == STT_FUNC &&
-            alias.binding == STB_LOCAL) {
-          shown = alias.name;
-        }
+      for (const FuncStart& fs : FunctionsAt(entry.section, entry.value)) {
+        if (m_.symbols_[fs.index].binding == STB_LOCAL) shown = m_.symbols_[fs.index].name;
       }
       m_.metadata_.push_back({entry.section, entry.value, entry.size, kind + " '" + shown + "'"});
     }
   }
 
+  // Function symbols at a place, to find new_func and init/exit aliases without rescanning the
+  // symbol table (which may hold 2^18 entries).
+  struct FuncStart {
+    std::uint32_t section;
+    std::uint64_t value;
+    std::uint32_t index;
+    auto operator<=>(const FuncStart&) const = default;
+  };
+  std::span<const FuncStart> FunctionsAt(std::uint32_t section, std::uint64_t value) const {
+    auto lo = std::lower_bound(func_starts_.begin(), func_starts_.end(), FuncStart{section, value, 0});
+    auto hi = std::upper_bound(func_starts_.begin(), func_starts_.end(),
+                               FuncStart{section, value, std::numeric_limits<std::uint32_t>::max()});
+    return {lo, hi};
+  }
+
   std::span<const std::uint8_t> in_;
+  std::vector<FuncStart> func_starts_;
   std::string file_name_;
   std::vector<char> buffer_;
   std::vector<Elf64_Shdr> shdrs_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -162,16 +163,17 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
   std::vector<bool> kept(secs.size(), false);
   std::deque<std::uint32_t> work;
 
-  auto keep = [&](std::uint32_t s, const std::string& who) -> Status {
+  // `who` names the referrer; it is computed only for an error (it searches the symbols).
+  auto keep = [&](std::uint32_t s, auto&& who) -> Status {
     if (kept[s]) return Status::Ok();
     const ModuleSection& sec = secs[s];
-    if (const RefusedSection* r = FindRefused(sec.name)) return NeedsSection(who, sec, r->what);
+    if (const RefusedSection* r = FindRefused(sec.name)) return NeedsSection(who(), sec, r->what);
     if (const Plumbing* p = FindPlumbing(sec.name)) {
-      return Unimplemented(who + " refers to section '" + sec.name + "' (" + std::string(p->what) +
+      return Unimplemented(who() + " refers to section '" + sec.name + "' (" + std::string(p->what) +
                            "): not supported");
     }
     if (!sec.allocated() || (sec.type != SHT_PROGBITS && sec.type != SHT_NOBITS)) {
-      return InvalidArgument(who + " refers to section '" + sec.name + "', which is not loadable");
+      return InvalidArgument(who() + " refers to section '" + sec.name + "', which is not loadable");
     }
     if (sec.align > kArenaPageSize) {
       return Unimplemented("section '" + sec.name + "' asks for alignment " + Hex(sec.align) +
@@ -183,7 +185,7 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
   };
 
   for (const auto& f : m.functions()) {
-    HV_RETURN_IF_ERROR(keep(f.new_section, "function '" + f.new_symbol + "'"));
+    HV_RETURN_IF_ERROR(keep(f.new_section, [&] { return "function '" + f.new_symbol + "'"; }));
   }
   while (!work.empty()) {  // each section enters once: bounded by the section count
     const std::uint32_t s = work.front();
@@ -192,13 +194,13 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
       if (m.FindMetadata(s, r.offset) != nullptr) continue;  // inside init/exit or klp tables
       const ModuleSymbol& sym = syms[r.symbol];
       if (sym.section == SHN_UNDEF || sym.section == SHN_ABS || sym.section == kShnLivepatch) continue;
-      const std::string who = Where(m, s, r);
+      auto who = [&] { return Where(m, s, r); };
       if (sym.section == SHN_COMMON) {
-        return InvalidArgument(who + " refers to COMMON symbol '" + sym.name + "'");
+        return InvalidArgument(who() + " refers to COMMON symbol '" + sym.name + "'");
       }
       const std::uint64_t target = TargetOffset(sym, r);
       if (const MetadataRange* md = m.FindMetadata(sym.section, target)) {
-        return Unimplemented(who + " refers to " + md->what + " (livepatch module plumbing): not supported");
+        return Unimplemented(who() + " refers to " + md->what + " (livepatch module plumbing): not supported");
       }
       HV_RETURN_IF_ERROR(keep(sym.section, who));
     }
@@ -259,8 +261,11 @@ class Linker {
  public:
   Linker(const PatchModule& m, const PatchImage& image, const SymbolResolver& resolver,
          const std::array<std::uint64_t, kMemoryClasses>& base)
-      : m_(m), image_(image), resolver_(resolver) {
+      : m_(m), image_(image), resolver_(resolver), placed_(m.sections().size(), nullptr) {
     out_.base = base;
+    for (const auto& p : image.sections) {
+      if (p.section < placed_.size()) placed_[p.section] = &p;
+    }
   }
 
   Result<LinkedPatch> Run() {
@@ -281,7 +286,7 @@ class Linker {
     }
     // The module's plumbing inside copied sections never runs or is read: blank it out.
     for (const auto& md : m_.metadata()) {
-      if (const PlacedSection* p = image_.Find(md.section)) {
+      if (const PlacedSection* p = Placed(md.section)) {
         if (md.offset <= p->size) {
           std::memset(Bytes(*p) + md.offset, p->memory == MemoryClass::kCode ? 0xcc : 0x00,
                       std::min(md.size, p->size - md.offset));
@@ -296,7 +301,7 @@ class Linker {
       }
     }
     for (const auto& f : m_.functions()) {
-      const PlacedSection* p = image_.Find(f.new_section);
+      const PlacedSection* p = Placed(f.new_section);
       if (p == nullptr) return Internal("function '" + f.new_symbol + "' was not placed");
       out_.functions.push_back({f, Va(*p) + f.new_offset});
     }
@@ -304,6 +309,10 @@ class Linker {
   }
 
  private:
+  // O(1): Link visits every relocation.
+  const PlacedSection* Placed(std::uint32_t section) const {
+    return section < placed_.size() ? placed_[section] : nullptr;
+  }
   std::uint8_t* Bytes(const PlacedSection& p) {
     return out_.bytes[static_cast<std::size_t>(p.memory)].data() + p.offset;
   }
@@ -311,7 +320,8 @@ class Linker {
     return out_.base[static_cast<std::size_t>(p.memory)] + p.offset;
   }
 
-  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r, const std::string& who) {
+  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r,
+                                    const std::function<std::string()>& who) {
     if (sym.section == SHN_ABS) return sym.value;
     if (sym.section == SHN_UNDEF || sym.section == kShnLivepatch) {
       std::string name = sym.name;
@@ -336,23 +346,23 @@ class Linker {
         sympos = std::stoull(std::string(pos));
         if (object.empty() || name.empty()) return InvalidArgument("livepatch symbol '" + sym.name + "' is malformed");
       }
-      if (name.empty()) return InvalidArgument(who + " refers to an undefined symbol with no name");
+      if (name.empty()) return InvalidArgument(who() + " refers to an undefined symbol with no name");
       const std::string key = object + '\n' + name + '\n' + std::to_string(sympos);
       auto it = cache_.find(key);
       if (it == cache_.end()) {
         auto rs = resolver_.Resolve(name, object, sympos);
-        if (!rs.ok()) return rs.status().WithContext(who + " refers to '" + name + "'");
+        if (!rs.ok()) return rs.status().WithContext(who() + " refers to '" + name + "'");
         it = cache_.emplace(key, *rs).first;
       }
       if (it->second.per_cpu && IsPcRelative(r.type)) {
-        return InvalidArgument(who + " refers to per-cpu symbol '" + name + "' with a PC-relative " +
+        return InvalidArgument(who() + " refers to per-cpu symbol '" + name + "' with a PC-relative " +
                                RelocationTypeName(r.type) + " relocation");
       }
       return it->second.address;
     }
-    const PlacedSection* p = image_.Find(sym.section);
+    const PlacedSection* p = Placed(sym.section);
     if (p == nullptr) {
-      return Internal(who + " refers to section index " + std::to_string(sym.section) + ", which was not placed");
+      return Internal(who() + " refers to section index " + std::to_string(sym.section) + ", which was not placed");
     }
     return Va(*p) + sym.value;
   }
@@ -360,13 +370,13 @@ class Linker {
   Status Apply(const PlacedSection& p, const ModuleRelocation& r) {
     const ModuleSection& s = m_.sections()[p.section];
     const ModuleSymbol& sym = m_.symbols()[r.symbol];
-    const std::string who = m_.DescribePlace(p.section, r.offset);
+    const std::function<std::string()> who = [&] { return m_.DescribePlace(p.section, r.offset); };
     std::size_t width;
     switch (r.type) {
       case R_X86_64_64: width = 8; break;
       case R_X86_64_PC32: case R_X86_64_PLT32: case R_X86_64_32: case R_X86_64_32S: width = 4; break;
       default:
-        return InvalidArgument("unsupported relocation type " + RelocationTypeName(r.type) + " in " + who);
+        return InvalidArgument("unsupported relocation type " + RelocationTypeName(r.type) + " in " + who());
     }
     if (r.offset > s.size || s.size - r.offset < width) {
       return InvalidArgument("relocation at offset " + Hex(r.offset) + " does not fit section '" + s.name + "'");
@@ -378,7 +388,7 @@ class Linker {
     if (sym.section == SHN_UNDEF && sym.name == "__fentry__") {
       // `call __fentry__` (e8 rel32): ftrace's entry hook becomes the nop ftrace itself uses.
       if (!IsPcRelative(r.type) || r.offset < 1 || s.bytes[r.offset - 1] != 0xe8) {
-        return InvalidArgument("reference to '__fentry__' in " + who + " is not a call");
+        return InvalidArgument("reference to '__fentry__' in " + who() + " is not a call");
       }
       std::memcpy(at - 1, kNop5, sizeof(kNop5));
       ++out_.fentry_nops;
@@ -387,7 +397,7 @@ class Linker {
     HV_ASSIGN_OR_RETURN(const std::uint64_t value, SymbolValue(sym, r, who));
     const std::uint64_t sa = value + static_cast<std::uint64_t>(r.addend);
     auto overflow = [&](std::string_view kind) {
-      return InvalidArgument(RelocationTypeName(r.type) + " to '" + SymbolName(m_, sym) + "' in " + who + " overflows (" +
+      return InvalidArgument(RelocationTypeName(r.type) + " to '" + SymbolName(m_, sym) + "' in " + who() + " overflows (" +
                              std::string(kind) + " " + Hex(sa) + " from " + Hex(place) + ")");
     };
     switch (r.type) {
@@ -426,6 +436,7 @@ class Linker {
   const PatchModule& m_;
   const PatchImage& image_;
   const SymbolResolver& resolver_;
+  std::vector<const PlacedSection*> placed_;  // by section index
   LinkedPatch out_;
   std::map<std::string, ResolvedSymbol> cache_;
 };
