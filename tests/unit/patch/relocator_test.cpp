@@ -306,3 +306,53 @@ TEST(Link, AmbiguousSymbolIsReported) {
 
 }  // namespace
 }  // namespace hv::patcher
+
+namespace hv::patcher {
+namespace {
+
+// Hostile sizes must cost linear time: 200k extra symbols and 500k relocations (all patching the
+// seq_printf call of the sample) load, select and link in well under the test timeout.
+TEST(Link, HugeTablesStayLinear) {
+  std::vector<std::uint8_t> bytes;
+  ASSERT_TRUE(ReadPatchFile("hvp_sample.ko", &bytes));
+  ElfEditor e(&bytes);
+  const int symtab = e.SectionIndex(".symtab");
+  const int rela = e.SectionIndex(".rela.text");
+  Elf64_Shdr st = e.Shdr(symtab);
+  Elf64_Shdr rt = e.Shdr(rela);
+  const Elf64_Rela call = e.Rela(".rela.text", 8);
+  const Elf64_Sym fn = e.Symbol(e.SymbolIndex("hvp_sample_cmdline_show"));
+
+  auto align8 = [&] { bytes.resize((bytes.size() + 7) & ~std::size_t{7}); };
+  align8();
+  const std::uint64_t new_symtab = bytes.size();
+  bytes.insert(bytes.end(), bytes.begin() + st.sh_offset, bytes.begin() + st.sh_offset + st.sh_size);
+  for (int i = 0; i < 200000; ++i) {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(&fn);
+    bytes.insert(bytes.end(), p, p + sizeof(fn));
+  }
+  const std::uint64_t new_rela = bytes.size();
+  bytes.insert(bytes.end(), bytes.begin() + rt.sh_offset, bytes.begin() + rt.sh_offset + rt.sh_size);
+  for (int i = 0; i < 500000; ++i) {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(&call);
+    bytes.insert(bytes.end(), p, p + sizeof(call));
+  }
+  st.sh_offset = new_symtab;
+  st.sh_size += 200000 * sizeof(Elf64_Sym);
+  rt.sh_offset = new_rela;
+  rt.sh_size += 500000 * sizeof(Elf64_Rela);
+  e.SetShdr(symtab, st);
+  e.SetShdr(rela, rt);
+
+  auto m = PatchModule::Load(bytes, "huge.ko");
+  ASSERT_THAT(m, IsOk());
+  auto image = SelectImage(*m);
+  ASSERT_THAT(image, IsOk());
+  FakeResolver guest = GuestSymbols();
+  auto linked = Link(*m, *image, guest, kBases);
+  ASSERT_THAT(linked, IsOk());
+  EXPECT_LE(guest.lookups, 3);  // seq_printf, __x86_return_thunk: cached after the first
+}
+
+}  // namespace
+}  // namespace hv::patcher
