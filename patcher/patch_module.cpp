@@ -464,12 +464,14 @@ class PatchModuleParser {
         if (r.type != R_X86_64_64 || r.addend != 0 || m_.symbols_[r.symbol].name != "__this_module") continue;
         // klp_patch.mod = THIS_MODULE, and klp_patch.objs points to writable data (the klp_object
         // array). struct module's other users (file_operations.owner...) point to code at +8.
-        if (r.offset + kKlpPatchSize > s.size) continue;
-        auto objs = ReadPointer(si, r.offset + kKlpPatchObjs, "klp_patch.objs");
+        if (r.offset < kKlpPatchMod) continue;
+        const std::uint64_t patch = r.offset - kKlpPatchMod;
+        if (patch + kKlpPatchSize > s.size) continue;
+        auto objs = ReadPointer(si, patch + kKlpPatchObjs, "klp_patch.objs");
         if (!objs.ok() || !objs->has_value()) continue;
         const ModuleSection& t = m_.sections_[(*objs)->section];
         if (!t.writable() || t.executable()) continue;
-        found.push_back(Place{si, r.offset});
+        found.push_back(Place{si, patch});
       }
     }
     if (found.empty()) {
