@@ -192,7 +192,9 @@ Status GdbStubClient::SetPhysicalMode(bool physical) {
 Result<std::vector<std::string>> GdbStubClient::Threads() {
   std::vector<std::string> out;
   HV_ASSIGN_OR_RETURN(std::string r, Command("qfThreadInfo"));
-  while (!r.empty() && r[0] == 'm') {
+  // Bounded in rounds too: a stub answering "m" with no ids forever must not hold us.
+  for (std::size_t round = 0; !r.empty() && r[0] == 'm'; ++round) {
+    if (round >= kMaxThreads) return InvalidArgument("gdbstub thread list does not end");
     std::size_t start = 1;
     while (start <= r.size()) {
       const std::size_t comma = r.find(',', start);

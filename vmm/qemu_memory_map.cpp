@@ -1,5 +1,6 @@
 #include "vmm/qemu_memory_map.h"
 
+#include <algorithm>
 #include <charconv>
 
 #include "base/hex.h"
@@ -150,6 +151,49 @@ std::vector<HostMapping> CandidateMappings(const std::vector<HostMapping>& maps,
     else if (m.path.empty() && path.empty()) anon.push_back(m);
   }
   return named.empty() ? anon : named;
+}
+
+Result<std::uint64_t> ChooseHostMapping(const std::vector<FlatRange>& flat, std::string_view region,
+                                        std::uint64_t block_size, const std::vector<std::uint64_t>& candidates,
+                                        const std::vector<MemorySample>& samples, const HostReader& read) {
+  const std::string name(region);
+  const bool any_nonzero = std::any_of(samples.begin(), samples.end(), [](const MemorySample& m) {
+    return std::any_of(m.bytes.begin(), m.bytes.end(), [](std::uint8_t c) { return c != 0; });
+  });
+  if (!any_nonzero) {
+    return FailedPrecondition("every gdbstub sample of memory backend '" + name +
+                              "' is zero: cannot check its host mapping");
+  }
+  std::vector<std::uint64_t> good;
+  std::string first_difference;
+  std::vector<std::uint8_t> host;
+  for (std::uint64_t base : candidates) {
+    HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat, region, base, block_size));
+    bool match = true;
+    for (const MemorySample& m : samples) {
+      const auto r = std::find_if(ranges.begin(), ranges.end(), [&](const HostRange& h) {
+        return m.gpa >= h.gpa && m.gpa - h.gpa + m.bytes.size() <= h.size;
+      });
+      host.resize(m.bytes.size());
+      Status s = r == ranges.end() ? InvalidArgument("sample outside the region")
+                                   : read(r->hva + (m.gpa - r->gpa), host);
+      if (!s.ok() || host != m.bytes) {
+        if (first_difference.empty()) {
+          first_difference = "host mapping " + Hex(base) + " differs from the gdbstub at gpa " + Hex(m.gpa);
+          if (!s.ok()) first_difference += " (" + s.message() + ")";
+        }
+        match = false;
+        break;
+      }
+    }
+    if (match) good.push_back(base);
+  }
+  if (good.size() == 1) return good[0];
+  return Status(Code::kFailedPrecondition,
+                std::to_string(good.size()) + " of " + std::to_string(candidates.size()) +
+                    " host mappings of memory backend '" + name + "' match gdbstub reads" +
+                    (first_difference.empty() ? "" : ": " + first_difference),
+                "the fast path is unsafe; check that QEMU's guest RAM is an ordinary mapping of its process");
 }
 
 }  // namespace hv::vmm

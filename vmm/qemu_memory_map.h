@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,5 +59,22 @@ Result<std::vector<HostRange>> RangesOfRegion(const std::vector<FlatRange>& flat
 // size, and either anonymous, or the file `path` (when non-empty), or QEMU's memfd for `id`.
 std::vector<HostMapping> CandidateMappings(const std::vector<HostMapping>& maps, std::uint64_t size,
                                            std::string_view path, std::string_view id);
+
+// Bytes read at `gpa` through a trusted but slow path (the gdbstub).
+struct MemorySample {
+  std::uint64_t gpa = 0;
+  std::vector<std::uint8_t> bytes;
+};
+
+// Reads `out.size()` bytes of QEMU's memory at host address `hva`.
+using HostReader = std::function<Status(std::uint64_t hva, std::span<std::uint8_t> out)>;
+
+// Picks, among `candidates` (host addresses where memory backend `region` of `block_size`
+// bytes might be mapped), the one whose host reads match every sample. Errors:
+//   kFailedPrecondition  every sample is zero (nothing to tell mappings apart), or not exactly
+//                        one candidate matches (the message names the first difference)
+Result<std::uint64_t> ChooseHostMapping(const std::vector<FlatRange>& flat, std::string_view region,
+                                        std::uint64_t block_size, const std::vector<std::uint64_t>& candidates,
+                                        const std::vector<MemorySample>& samples, const HostReader& read);
 
 }  // namespace hv::vmm

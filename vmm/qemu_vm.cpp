@@ -297,7 +297,18 @@ Status QemuVm::VerifyFastPath() {
   // vCPU 0's top-level page table is never all zeros in a running kernel: a sample that
   // tells a wrong mapping from the right one even when most of RAM is still empty.
   HV_ASSIGN_OR_RETURN(VcpuState v0, ReadVcpu(0));
-  std::vector<std::uint8_t> via_gdb(kSampleBytes), via_host(kSampleBytes);
+  std::vector<std::uint8_t> via_gdb(kSampleBytes);
+  const pid_t pid = pid_;
+  const HostReader read_host = [pid](std::uint64_t hva, std::span<std::uint8_t> out) -> Status {
+    iovec local{out.data(), out.size()};
+    iovec remote{reinterpret_cast<void*>(hva), out.size()};
+    const ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n != static_cast<ssize_t>(out.size())) {
+      return ErrnoError("process_vm_readv at " + Hex(hva) + " in QEMU pid " + std::to_string(pid),
+                        n < 0 ? errno : EIO);
+    }
+    return Status::Ok();
+  };
   for (const Block& b : blocks_) {
     HV_ASSIGN_OR_RETURN(std::vector<HostRange> probe, RangesOfRegion(flat_, b.id, 0, b.size));
     std::vector<std::uint64_t> samples;
@@ -308,43 +319,15 @@ Status QemuVm::VerifyFastPath() {
       const std::uint64_t pgd = v0.cr3 & pte::kAddrMask;
       if (pgd >= r.gpa && pgd + kSampleBytes <= r.end()) samples.push_back(pgd + 0x800);
     }
-    std::vector<std::pair<std::uint64_t, std::vector<std::uint8_t>>> truth;
+    std::vector<MemorySample> truth;
     for (std::uint64_t gpa : samples) {
       Status s = gdb_->ReadMemory(gpa, via_gdb);
       if (!s.ok()) return s.WithContext("sampling guest RAM through the gdbstub");
-      truth.emplace_back(gpa, via_gdb);
+      truth.push_back(MemorySample{gpa, via_gdb});
     }
-    const bool any_nonzero = std::any_of(truth.begin(), truth.end(), [](const auto& t) {
-      return std::any_of(t.second.begin(), t.second.end(), [](std::uint8_t c) { return c != 0; });
-    });
-    if (!any_nonzero) {
-      return FailedPrecondition("every gdbstub sample of memory backend '" + b.id +
-                                "' is zero: cannot check the host mapping");
-    }
-    std::vector<std::uint64_t> good;
-    std::string mismatch;
-    for (std::uint64_t hva : b.hvas) {
-      HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, hva, b.size));
-      ram_.swap(ranges);
-      bool ok = true;
-      for (const auto& [gpa, bytes] : truth) {
-        Status s = ReadPhys(gpa, via_host);
-        if (!s.ok() || via_host != bytes) {
-          if (mismatch.empty()) mismatch = "host mapping " + Hex(hva) + " differs at " + Hex(gpa);
-          ok = false;
-          break;
-        }
-      }
-      ram_.swap(ranges);
-      if (ok) good.push_back(hva);
-    }
-    if (good.size() != 1) {
-      return FailedPrecondition(std::to_string(good.size()) + " of " + std::to_string(b.hvas.size()) +
-                                " host mappings of memory backend '" + b.id +
-                                "' match gdbstub reads" + (mismatch.empty() ? "" : ": " + mismatch))
-          .WithHint("the fast path is off; check that QEMU's RAM is an ordinary mapping of its process");
-    }
-    HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, good[0], b.size));
+    HV_ASSIGN_OR_RETURN(const std::uint64_t base,
+                        ChooseHostMapping(flat_, b.id, b.size, b.hvas, truth, read_host));
+    HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, base, b.size));
     ram_.insert(ram_.end(), ranges.begin(), ranges.end());
   }
   std::sort(ram_.begin(), ram_.end(), [](const HostRange& a, const HostRange& b) { return a.gpa < b.gpa; });

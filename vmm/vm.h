@@ -42,6 +42,11 @@ class Vm : public GuestPhysMemory {
   virtual Status Pause() = 0;
   virtual Status Resume() = 0;
 
+  // Starts the vCPUs whoever paused them, ending any nesting. Only for crash recovery: a dead
+  // hvpatch left the VM paused (its ledger says so). Backends that cannot tell return
+  // kUnimplemented.
+  virtual Status ForceResume() { return Unimplemented("forced resume on " + Describe()); }
+
   // True when the guest's vCPUs are running (not paused by anyone). Used to record, before a
   // transaction pauses the VM, the run state a crash recovery must restore.
   virtual Result<bool> Running() = 0;

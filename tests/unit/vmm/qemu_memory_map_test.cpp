@@ -120,3 +120,71 @@ TEST(QemuMemoryMapTest, CandidatesPreferNamedBackings) {
 
 }  // namespace
 }  // namespace hv::vmm
+
+namespace hv::vmm {
+namespace {
+
+// Two candidate host mappings of a 64 KiB block at GPA 0: a fake "host" holding the true
+// contents at one of them and different bytes at the other.
+class ChooseHostMappingTest : public ::testing::Test {
+ protected:
+  static constexpr std::uint64_t kRight = 0x7f0000000000, kWrong = 0x7f1000000000, kSize = 0x10000;
+  ChooseHostMappingTest() : right_(kSize), wrong_(kSize) {
+    for (std::size_t i = 0; i < kSize; ++i) right_[i] = static_cast<std::uint8_t>(i * 7 + 1);
+    flat_ = {FlatRange{0, kSize, "ram", "pc.ram", 0}};
+  }
+  HostReader Reader() {
+    return [this](std::uint64_t hva, std::span<std::uint8_t> out) -> Status {
+      for (auto [base, mem] : {std::pair{kRight, &right_}, std::pair{kWrong, &wrong_}}) {
+        if (hva >= base && hva + out.size() <= base + kSize) {
+          std::copy_n(mem->begin() + static_cast<std::ptrdiff_t>(hva - base), out.size(), out.begin());
+          return Status::Ok();
+        }
+      }
+      return ErrnoError("process_vm_readv", 14);
+    };
+  }
+  std::vector<MemorySample> Truth(std::initializer_list<std::uint64_t> gpas) {
+    std::vector<MemorySample> out;
+    for (std::uint64_t g : gpas) {
+      out.push_back(MemorySample{g, std::vector<std::uint8_t>(right_.begin() + static_cast<std::ptrdiff_t>(g),
+                                                              right_.begin() + static_cast<std::ptrdiff_t>(g) + 256)});
+    }
+    return out;
+  }
+  std::vector<std::uint8_t> right_, wrong_;
+  std::vector<FlatRange> flat_;
+};
+
+TEST_F(ChooseHostMappingTest, PicksTheMappingThatMatchesTheGdbstub) {
+  auto r = ChooseHostMapping(flat_, "pc.ram", kSize, {kWrong, kRight}, Truth({0, 0x8000, 0xff00}), Reader());
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(*r, kRight);
+}
+
+TEST_F(ChooseHostMappingTest, RefusesWhenNothingMatches) {
+  EXPECT_THAT(ChooseHostMapping(flat_, "pc.ram", kSize, {kWrong}, Truth({0, 0x8000}), Reader()),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("0 of 1 host mappings of memory backend 'pc.ram' match gdbstub reads: "
+                                 "host mapping 0x7f1000000000 differs from the gdbstub at gpa 0x0")));
+  // One sample off is enough to refuse.
+  wrong_ = right_;
+  wrong_[0x8010] ^= 1;
+  EXPECT_THAT(ChooseHostMapping(flat_, "pc.ram", kSize, {kWrong}, Truth({0, 0x8000}), Reader()),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("differs from the gdbstub at gpa 0x8000")));
+  // An unreadable candidate is not taken either.
+  EXPECT_THAT(ChooseHostMapping(flat_, "pc.ram", kSize, {0x1000}, Truth({0}), Reader()),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("Bad address")));
+}
+
+TEST_F(ChooseHostMappingTest, RefusesAmbiguityAndAllZeroSamples) {
+  wrong_ = right_;
+  EXPECT_THAT(ChooseHostMapping(flat_, "pc.ram", kSize, {kWrong, kRight}, Truth({0}), Reader()),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("2 of 2 host mappings")));
+  std::vector<MemorySample> zeros = {MemorySample{0x100, std::vector<std::uint8_t>(256, 0)}};
+  EXPECT_THAT(ChooseHostMapping(flat_, "pc.ram", kSize, {kRight}, zeros, Reader()),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("every gdbstub sample of memory backend 'pc.ram' is zero")));
+}
+
+}  // namespace
+}  // namespace hv::vmm
