@@ -2,18 +2,27 @@
 // functions need (SelectImage), then place and relocate them against the guest (Link).
 //
 // What is copied: starting from the sections of the new functions, every section their
-// relocations reach, transitively. The module's own plumbing never is: the klp tables and the
-// init/exit functions (MetadataRange: zeroed, or int3 in code), THIS_MODULE, .modinfo, __versions.
+// relocations reach, transitively. Sections are copied whole, because the assembler resolves calls
+// and jumps inside one section without a relocation (a kbuild module without
+// -ffunction-sections has one .text). The module's own plumbing is never used: the klp tables and
+// the init/exit functions (MetadataRange) are blanked inside copied sections (zeroes, or int3 in
+// code) and their relocations skipped; THIS_MODULE, .modinfo and __versions are never copied.
 //
 // Sections that only tell an in-guest loader about the code (they point INTO copied code) are
 // either ignored or refused. Ignored, because the code is correct without them:
 //   __mcount_loc, __patchable_function_entries   ftrace call sites: hvpatch turns each
 //                                                `call __fentry__` into a 5-byte nop itself
-//   .return_sites, .retpoline_sites, .call_sites  where the kernel may rewrite `jmp
+//   .return_sites, .retpoline_sites, .call_sites  where the kernel rewrites `jmp
 //                                                __x86_return_thunk` / `call __x86_indirect_thunk_*`
-//                                                into cheaper forms. Left alone, those sites call
-//                                                the guest's own thunks, which the guest already
-//                                                set up for its mitigations: correct, maybe slower
+//                                                for the speculation mitigations it chose at boot.
+//                                                Left alone, those sites go through the guest's own
+//                                                thunks: functionally correct; the indirect thunks
+//                                                carry the guest's retpoline choice, but a return
+//                                                through __x86_return_thunk gets only what that
+//                                                symbol holds (in 6.1 stable a plain `ret`, the
+//                                                chosen untrain/SRSO thunk being patched into the
+//                                                kernel's own sites), so arena code may be less
+//                                                mitigated than the kernel's
 //   .orc_unwind, .orc_unwind_ip                  unwind tables: without them the guest's ORC
 //                                                unwinder cannot walk through arena code (oops
 //                                                backtraces and in-guest livepatch's reliable
