@@ -355,6 +355,12 @@ Status QemuVm::Resume() {
   return qmp_->Execute("cont").status();
 }
 
+Status QemuVm::ForceResume() {
+  pause_depth_ = 0;
+  resume_on_outer_ = false;
+  return qmp_->Execute("cont").status();
+}
+
 Status QemuVm::RequirePaused() {
   if (pause_depth_ > 0) return Status::Ok();
   HV_ASSIGN_OR_RETURN(const bool running, Running());

@@ -47,6 +47,8 @@ class QemuVm final : public Vm {
   // vmm::Vm
   Status Pause() override;
   Status Resume() override;
+  // QMP `cont`, whoever paused the VM; forgets any nesting of our own Pause() calls.
+  Status ForceResume() override;
   // QMP query-status "running".
   Result<bool> Running() override;
   Result<std::vector<VcpuState>> VcpuStates() override;

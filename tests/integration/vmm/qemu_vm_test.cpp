@@ -95,6 +95,12 @@ TEST_F(QemuVmTest, PauseShowsInQueryStatusAndNestsAndKeepsAnOperatorPause) {
   EXPECT_FALSE(*running);
   ASSERT_THAT(vm_->qmp().Execute("cont"), IsOk());
   EXPECT_TRUE(QmpRunning());
+  // Crash recovery: ForceResume restarts a VM whoever paused it, and ends our nesting.
+  ASSERT_THAT(vm_->Pause(), IsOk());
+  ASSERT_THAT(vm_->Pause(), IsOk());
+  ASSERT_THAT(vm_->ForceResume(), IsOk());
+  EXPECT_TRUE(QmpRunning());
+  EXPECT_EQ(vm_->pause_depth(), 0);
   // The guest still answers after all that.
   EXPECT_THAT(guest_->Check("echo alive"), IsOk());
 }
