@@ -31,8 +31,10 @@ class FakeAgent {
  public:
   using Script = std::function<std::string(const pb::Request&)>;
 
-  FakeAgent(std::string path, Script script, bool answer_sync = true)
-      : path_(std::move(path)), script_(std::move(script)), answer_sync_(answer_sync) {
+  // `nonce_xor` != 0 makes the sync replies carry a wrong nonce.
+  FakeAgent(std::string path, Script script, bool answer_sync = true, uint64_t nonce_xor = 0)
+      : path_(std::move(path)), script_(std::move(script)), answer_sync_(answer_sync),
+        nonce_xor_(nonce_xor) {
     listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un addr = {};
     addr.sun_family = AF_UNIX;
@@ -76,7 +78,7 @@ class FakeAgent {
             if (!answer_sync_) continue;
             pb::Response r;
             r.set_id(req.id());
-            r.mutable_sync()->set_nonce(req.sync().nonce());
+            r.mutable_sync()->set_nonce(req.sync().nonce() ^ nonce_xor_);
             out = EncodeDelimitedFrame(r.SerializeAsString());
           } else {
             ++requests_;
@@ -97,6 +99,7 @@ class FakeAgent {
   std::string path_;
   Script script_;
   bool answer_sync_;
+  uint64_t nonce_xor_;
   int listen_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::atomic<int> requests_{0};
@@ -136,6 +139,13 @@ TEST_F(AgentClientTest, ASocketWithoutAnAgentIsUnavailableAfterTheSyncTimeout) {
   EXPECT_THAT(AgentClient::Connect(path_, options_),
               StatusIs(Code::kUnavailable, HasSubstr("sync: no sync reply within 300 ms")));
   EXPECT_LT(MsSince(t0), 1000);
+}
+
+TEST_F(AgentClientTest, ASyncReplyWithTheWrongNonceIsNotAccepted) {
+  FakeAgent liar(path_, [](const pb::Request&) { return std::string(); }, /*answer_sync=*/true,
+                 /*nonce_xor=*/1);
+  EXPECT_THAT(AgentClient::Connect(path_, options_),
+              StatusIs(Code::kUnavailable, HasSubstr("sync: no sync reply within 300 ms")));
 }
 
 TEST_F(AgentClientTest, SilenceAfterARequestIsADeadlineAndTheNextCallResyncs) {
