@@ -340,8 +340,9 @@ Status QemuVm::Pause() {
     if (running) HV_RETURN_IF_ERROR(qmp_->Execute("stop").status());
     resume_on_outer_ = running;
     // QEMU has already written the T02 for this stop to the gdbstub socket (it does so before
-    // answering QMP): consume and ack it now, while the VM is still stopped.
-    if (running && gdb_) HV_RETURN_IF_ERROR(gdb_->DrainStopReplies().status());
+    // answering QMP): consume and ack it now, while the VM is still stopped. Also drained when
+    // the operator had stopped the VM: their stop left a T02 waiting too.
+    if (gdb_) HV_RETURN_IF_ERROR(gdb_->DrainStopReplies().status());
     (void)qmp_->TakeEvents();
   }
   ++pause_depth_;
