@@ -148,7 +148,10 @@ Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& 
     } else {
       pos += 1;
     }
-    if (len == 0) return InvalidArgument("kallsyms symbol " + std::to_string(i) + " is empty");
+    if (len == 0) {
+      return InvalidArgument("kallsyms symbol " + std::to_string(i) +
+                             " has length 0: the names table is truncated or corrupt");
+    }
     if (len > t.names.size() - pos) return truncated();
     text.clear();
     for (std::size_t k = 0; k < len; ++k) {

@@ -1,0 +1,266 @@
+// GuestKernel on a complete fake guest (fake_guest_kernel.h): the model is built from memory
+// alone, and hostile memory gives clear errors.
+#include "patcher/guest_kernel.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+#include <tuple>
+
+#include "base/hex.h"
+#include "status_matchers.h"
+#include "tests/unit/patcher/fake_guest_kernel.h"
+
+namespace hv::patcher {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::FakeGuestKernel;
+
+Result<std::unique_ptr<GuestKernel>> BuildFrom(FakeGuestKernel& g, GuestKernelOptions o = {}) {
+  const auto vcpus = g.vcpus();
+  return GuestKernel::Build(g.mem(), vcpus, o);
+}
+
+TEST(GuestKernelTest, ReadsIdentityFromMemoryAlone) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->release(), FakeGuestKernel::kRelease);
+  EXPECT_EQ((*k)->build_id(), FakeGuestKernel::kBuildId);
+  EXPECT_EQ((*k)->kaslr_offset(), FakeGuestKernel::kKaslr);
+  EXPECT_EQ((*k)->vmcoreinfo().found_at(), FakeGuestKernel::kVmcoreinfoPa);
+  const GuestKernelSummary s = (*k)->Summary();
+  EXPECT_EQ(s.symbol_source, "guest memory (kallsyms)");
+  EXPECT_EQ(s.modules, std::vector<std::string>{"fakemod"});
+  EXPECT_EQ(s.cpus, 2);
+  EXPECT_EQ(s.thread_size, FakeGuestKernel::kThreadSize);
+  EXPECT_EQ(s.vmlinux_symbols, g.expected_symbols().size());
+  EXPECT_EQ(s.symbols, g.expected_symbols().size() + 4);  // fakemod: fake_fn, fake_helper, dup x2
+}
+
+TEST(GuestKernelTest, DecodesEveryVmlinuxSymbolInKallsymsOrder) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const auto& want = g.expected_symbols();
+  const auto& got = (*k)->symbols().symbols();
+  ASSERT_GE(got.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].name, want[i].name) << i;
+    EXPECT_EQ(got[i].type, want[i].type) << want[i].name;
+    EXPECT_EQ(got[i].address, want[i].value) << want[i].name;
+    EXPECT_EQ(got[i].module, "");
+  }
+  // Per-cpu symbols keep their per-cpu offsets (CONFIG_KALLSYMS_ABSOLUTE_PERCPU).
+  auto current = (*k)->FindSymbol("", "current_task");
+  ASSERT_THAT(current, IsOk());
+  EXPECT_EQ((*current)->address, FakeGuestKernel::kPcpuCurrentTask);
+  EXPECT_EQ((*current)->type, 'A');
+  auto r = (*k)->Resolve("current_task", "vmlinux", 0);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->per_cpu);
+}
+
+TEST(GuestKernelTest, CountsSymposLikeLivepatch) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT((*k)->Resolve("dup_func", "vmlinux", 0),
+              StatusIs(Code::kInvalidArgument, HasSubstr("unresolvable ambiguity for symbol 'dup_func'")));
+  auto second = (*k)->Resolve("dup_func", "vmlinux", 2);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(second->address, g.Symbol("dup_func#2"));
+  EXPECT_EQ(second->size, 0x40u);  // bounded by the next symbol
+  EXPECT_THAT((*k)->Resolve("dup_func", "vmlinux", 3),
+              StatusIs(Code::kNotFound, HasSubstr("symbol position 3")));
+  EXPECT_THAT((*k)->Resolve("no_such_fn", "", 0), StatusIs(Code::kNotFound, HasSubstr("no_such_fn")));
+  auto by_addr = (*k)->SymbolAt(g.Symbol("cmdline_proc_show") + 5);
+  ASSERT_THAT(by_addr, IsOk());
+  EXPECT_EQ((*by_addr)->name, "cmdline_proc_show");
+}
+
+TEST(GuestKernelTest, ReadsModuleSymbolsFromTheModuleList) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  ASSERT_EQ((*k)->modules().size(), 1u);
+  const GuestModule& m = (*k)->modules()[0];
+  EXPECT_EQ(m.name, "fakemod");
+  std::vector<std::tuple<std::string, char, std::uint32_t>> got;
+  for (const KernelSymbol& s : m.symbols) got.emplace_back(s.name, s.type, 0);
+  // The undefined 'printk' and the null symbol are not listed; exported fake_fn is upper case.
+  ASSERT_EQ(m.symbols.size(), 4u);
+  EXPECT_EQ(m.symbols[0].name, "fake_fn");
+  EXPECT_EQ(m.symbols[0].type, 'T');
+  EXPECT_EQ(m.symbols[1].name, "fake_helper");
+  EXPECT_EQ(m.symbols[1].type, 't');
+  auto dup2 = (*k)->FindSymbol("fakemod", "dup", 2);
+  ASSERT_THAT(dup2, IsOk());
+  EXPECT_EQ((*dup2)->address, m.core_base + 0x200);
+  EXPECT_EQ((*dup2)->size, 0x1000u - 0x200u);  // the last symbol is bounded by the module's end
+  EXPECT_THAT((*k)->Resolve("dup", "fakemod", 0), StatusIs(Code::kInvalidArgument, HasSubstr("fakemod")));
+  auto any = (*k)->Resolve("fake_helper", "", 0);  // "" searches vmlinux, then the modules
+  ASSERT_THAT(any, IsOk());
+  EXPECT_EQ(any->address, m.core_base + 0x80);
+}
+
+TEST(GuestKernelTest, WalksEveryThreadAndEachCpusIdleTask) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const TaskSnapshot& snap = (*k)->initial_tasks();
+  std::set<std::tuple<int, int, std::string>> got, want;
+  for (const GuestTask& t : snap.tasks) {
+    if (!t.idle) got.emplace(t.pid, t.tid, t.comm);
+  }
+  for (const auto& t : g.tasks()) want.emplace(t.tgid, t.pid, t.comm);
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(want.count({100, 102, "worker-2"}));  // a thread beyond the leader
+
+  std::vector<std::pair<int, std::string>> idle;
+  for (const GuestTask& t : snap.tasks) {
+    if (t.idle) idle.emplace_back(t.idle_cpu, t.comm);
+  }
+  EXPECT_EQ(idle, (std::vector<std::pair<int, std::string>>{{0, "swapper/0"}, {1, "swapper/1"}}));
+
+  ASSERT_EQ(snap.cpus.size(), 2u);
+  EXPECT_EQ(snap.cpus[0].current_task, g.Symbol("init_task"));
+  EXPECT_EQ(snap.cpus[1].idle_task, g.idle1());
+  std::vector<std::string> kinds;
+  for (const StackRange& r : snap.cpus[0].stacks) {
+    kinds.push_back(r.kind);
+    EXPECT_LT(r.begin, r.end);
+  }
+  EXPECT_EQ(kinds, (std::vector<std::string>{"task", "irq", "exception DF_stack",
+                                             "exception NMI_stack"}));
+  const StackRange& irq = snap.cpus[0].stacks[1];
+  EXPECT_EQ(irq.end - irq.begin, FakeGuestKernel::kThreadSize);
+  const GuestTask* init = snap.FindTask(snap.cpus[1].current_task);
+  ASSERT_NE(init, nullptr);
+  EXPECT_EQ(init->comm, "init");
+  EXPECT_TRUE(init->on_cpu);
+  EXPECT_EQ(init->stack_size, FakeGuestKernel::kThreadSize);
+}
+
+TEST(GuestKernelTest, StackRegionsCoverVcpusAndSleepingTasks) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const auto vcpus = g.vcpus();
+  auto regions = (*k)->StackRegions(g.mem(), vcpus);
+  ASSERT_THAT(regions, IsOk());
+  int vcpu0 = 0, sleeping = 0;
+  for (const StackRegion& r : *regions) {
+    if (r.kind == "vCPU 0 task") {
+      ++vcpu0;
+      EXPECT_EQ(r.begin, vcpus[0].rsp);
+      EXPECT_EQ(r.comm, "swapper/0");
+    }
+    if (r.kind == "task stack") {
+      ++sleeping;
+      EXPECT_EQ(r.end - r.begin, 0x100u);  // from the saved SP to the top
+    }
+    EXPECT_NE(r.comm, "init") << "init runs in user mode on vCPU 1: no kernel frames";
+  }
+  EXPECT_EQ(vcpu0, 1);
+  EXPECT_EQ(sleeping, 4);  // kthreadd, threads and its two workers
+}
+
+TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
+  FakeGuestKernel g;
+  g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);  // absurd count
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument,
+                                     HasSubstr("decoding kallsyms: kallsyms_num_syms 4294967295 "
+                                               "exceeds the limit")));
+  std::string text;
+  for (const auto& e : g.expected_symbols()) {
+    text += Hex(e.value).substr(2) + " " + e.type + " " + e.name + "\n";
+  }
+  GuestKernelOptions o;
+  o.agent_kallsyms = text;
+  auto k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().symbol_source, "agent kallsyms");
+  EXPECT_EQ((*k)->Summary().modules, std::vector<std::string>{"fakemod"});
+}
+
+TEST(GuestKernelTest, RejectsCyclicProcessList) {
+  FakeGuestKernel g;
+  // The last process points back at the first one instead of init_task.
+  const auto& t = g.tasks();
+  const std::uint64_t first = t[0].va, last = t.back().va;
+  std::uint64_t leader = 0;
+  for (const auto& task : t) {
+    if (task.pid == task.tgid) leader = task.va;
+  }
+  (void)last;
+  g.Write64(leader + FakeGuestKernel::kTaskTasks, first + FakeGuestKernel::kTaskTasks);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument,
+                                     HasSubstr("walking tasks: cycle in the process list")));
+}
+
+TEST(GuestKernelTest, RejectsCyclicThreadList) {
+  FakeGuestKernel g;
+  const auto& t = g.tasks();
+  // worker-2 of "threads" points back at worker-1.
+  g.Write64(t.back().va + FakeGuestKernel::kTaskThreadNode,
+            t[t.size() - 2].va + FakeGuestKernel::kTaskThreadNode);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument, HasSubstr("cycle in the thread list")));
+}
+
+TEST(GuestKernelTest, RejectsAbsurdCpuCount) {
+  FakeGuestKernel g;
+  g.Write32(g.Symbol("nr_cpu_ids"), 1u << 30);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument, HasSubstr("nr_cpu_ids 1073741824")));
+}
+
+TEST(GuestKernelTest, RejectsUnmappedTaskPointer) {
+  FakeGuestKernel g;
+  g.Write64(g.tasks()[1].va + FakeGuestKernel::kTaskTasks, 0xffff888000000000ull);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kNotFound, HasSubstr("walking the process list")));
+}
+
+TEST(GuestKernelTest, RejectsGarbageBtf) {
+  FakeGuestKernel g;
+  std::vector<std::uint8_t> junk(g.btf_size(), 0x5a);
+  g.mem().Write(g.btf_pa(), junk);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument, HasSubstr("reading BTF: malformed BTF")));
+}
+
+TEST(GuestKernelTest, RejectsCyclicModuleList) {
+  FakeGuestKernel g;
+  // The module's list node points at itself.
+  g.Write64(g.module_va() + FakeGuestKernel::kModList, g.module_va() + FakeGuestKernel::kModList);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument,
+                                     HasSubstr("reading modules: cycle in the module list")));
+}
+
+TEST(GuestKernelTest, RejectsAbsurdModuleSymbolCount) {
+  FakeGuestKernel g;
+  const std::uint64_t ks = g.mem().Read64(g.Pa(g.module_va() + FakeGuestKernel::kModKallsyms));
+  g.Write32(ks + 8, 0x7fffffff);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument,
+                                     HasSubstr("module 'fakemod' num_symtab 2147483647 exceeds")));
+}
+
+TEST(GuestKernelTest, RejectsKallsymsCountBeyondTheNames) {
+  FakeGuestKernel g;
+  // More symbols than the names table holds: decoding runs into the markers that follow it.
+  g.Write32(g.Symbol("kallsyms_num_syms"),
+            static_cast<std::uint32_t>(g.expected_symbols().size() + 1000));
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kInvalidArgument,
+                                     HasSubstr("decoding kallsyms: kallsyms symbol")));
+}
+
+TEST(GuestKernelTest, FailsWithoutVmcoreinfo) {
+  FakeGuestKernel g;
+  std::vector<std::uint8_t> zero(4096, 0);
+  g.mem().Write(FakeGuestKernel::kVmcoreinfoPa, zero);
+  EXPECT_THAT(BuildFrom(g), StatusIs(Code::kNotFound,
+                                     HasSubstr("finding vmcoreinfo: no vmcoreinfo page in guest RAM")));
+}
+
+}  // namespace
+}  // namespace hv::patcher

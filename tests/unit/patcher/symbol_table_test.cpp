@@ -1,0 +1,110 @@
+#include "patcher/symbol_table.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "status_matchers.h"
+
+namespace hv::patcher {
+namespace {
+
+using ::testing::HasSubstr;
+
+KernelSymbol Sym(std::string name, std::uint64_t address, char type = 't') {
+  KernelSymbol s;
+  s.name = std::move(name);
+  s.address = address;
+  s.type = type;
+  return s;
+}
+
+TEST(SymbolTableTest, SymposCountsDuplicatesInKallsymsOrderPerObject) {
+  SymbolTable t;
+  // Table order, not address order, decides sympos (livepatch walks kallsyms in table order).
+  ASSERT_THAT(t.AddObject("", {Sym("show", 0x3000), Sym("other", 0x1000), Sym("show", 0x2000, 'd')}), IsOk());
+  ASSERT_THAT(t.AddObject("mod", {Sym("show", 0x9000)}), IsOk());
+  auto first = t.Find("", "show", 1);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ((*first)->address, 0x3000u);
+  auto second = t.Find("", "show", 2);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ((*second)->address, 0x2000u);  // every type counts, data too
+  EXPECT_EQ((*second)->sympos, 2u);
+  EXPECT_THAT(t.Find("", "show", 0),
+              StatusIs(Code::kInvalidArgument,
+                       HasSubstr("unresolvable ambiguity for symbol 'show' in object 'vmlinux': 2 occurrences")));
+  EXPECT_THAT(t.Find("", "show", 3),
+              StatusIs(Code::kNotFound, HasSubstr("symbol position 3 for symbol 'show' in object 'vmlinux'")));
+  auto in_mod = t.Find("mod", "show", 0);  // unique within its own object
+  ASSERT_THAT(in_mod, IsOk());
+  EXPECT_EQ((*in_mod)->sympos, 1u);
+  EXPECT_THAT(t.Find("mod", "other"), StatusIs(Code::kNotFound, HasSubstr("'other' in object 'mod' not found")));
+  EXPECT_THAT(t.AddObject("mod", {}), StatusIs(Code::kInvalidArgument, HasSubstr("already")));
+  EXPECT_EQ(t.modules(), std::vector<std::string>{"mod"});
+  EXPECT_EQ(t.CountIn(""), 3u);
+  EXPECT_EQ(t.FindAll("show").size(), 3u);
+}
+
+TEST(SymbolTableTest, SizesAreBoundedByTheNextHigherSymbol) {
+  SymbolTable t;
+  ASSERT_THAT(t.AddObject("", {Sym("a", 0x1000), Sym("alias_a", 0x1000), Sym("b", 0x1040), Sym("c", 0x10c0)},
+                          0x1100),
+              IsOk());
+  EXPECT_EQ((*t.Find("", "a"))->size, 0x40u);
+  EXPECT_EQ((*t.Find("", "alias_a"))->size, 0x40u);
+  EXPECT_EQ((*t.Find("", "b"))->size, 0x80u);
+  EXPECT_EQ((*t.Find("", "c"))->size, 0x40u);  // the object's end
+  auto at = t.FindByAddress(0x1050);
+  ASSERT_THAT(at, IsOk());
+  EXPECT_EQ((*at)->name, "b");
+  auto alias = t.FindByAddress(0x1000);
+  ASSERT_THAT(alias, IsOk());
+  EXPECT_EQ((*alias)->name, "a");  // the first alias in kallsyms order
+  EXPECT_THAT(t.FindByAddress(0x2000), StatusIs(Code::kNotFound, HasSubstr("0x2000")));
+  EXPECT_THAT(t.FindByAddress(0x10), StatusIs(Code::kNotFound, HasSubstr("0x10")));
+}
+
+TEST(SymbolTableTest, ParsesProcKallsymsWithModules) {
+  auto t = ParseKallsymsText(
+      "0000000000000000 A fixed_percpu_data\n"
+      "ffffffff81000000 T _stext\n"
+      "ffffffff81000100 t dup\n"
+      "ffffffff81000200 t dup\n"
+      "ffffffffc0001000 t vp_notify\t[virtio_pci]\n"
+      "ffffffffc0002000 T virtio_break_device\t[virtio]\n"
+      "ffffffffc0003000 t bpf_prog_6deef7357e7b4530_sd_devices\t[bpf]\n"
+      "ffffffffc0004000 t ftrace_trampoline\t[__builtin__ftrace]\n");
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->size(), 6u);
+  EXPECT_EQ(t->modules(), (std::vector<std::string>{"virtio_pci", "virtio"}));
+  auto dup = t->Find("", "dup", 2);
+  ASSERT_THAT(dup, IsOk());
+  EXPECT_EQ((*dup)->address, 0xffffffff81000200u);
+  EXPECT_EQ((*t->Find("", "fixed_percpu_data"))->type, 'A');
+}
+
+TEST(SymbolTableTest, RejectsMalformedKallsymsLines) {
+  EXPECT_THAT(ParseKallsymsText("ffffffff81000000 T ok\nzzzz T bad\n"),
+              StatusIs(Code::kInvalidArgument, HasSubstr("line 2 'zzzz T bad': address is not hex")));
+  EXPECT_THAT(ParseKallsymsText("ffffffff81000000 T\n"),
+              StatusIs(Code::kInvalidArgument, HasSubstr("no type letter")));
+  EXPECT_THAT(ParseKallsymsText("ffffffff81000000 T x\tvirtio\n"),
+              StatusIs(Code::kInvalidArgument, HasSubstr("module is not in brackets")));
+  EXPECT_THAT(ParseKallsymsText("ffffffffffffffffff T x\n"),
+              StatusIs(Code::kInvalidArgument, HasSubstr("no address")));
+}
+
+TEST(SymbolTableTest, SystemMapGetsTheKaslrOffsetExceptPerCpu) {
+  auto t = ParseSystemMap(
+      "0000000000000000 D __per_cpu_start\n"
+      "000000000001fb80 D current_task\n"
+      "ffffffff81000000 T _stext\n", 0x1a200000);
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ((*t->Find("", "current_task"))->address, 0x1fb80u);
+  EXPECT_EQ((*t->Find("", "_stext"))->address, 0xffffffff9b200000u);
+  EXPECT_THAT(ParseSystemMap("ffffffff81000000 T x\t[mod]\n", 0),
+              StatusIs(Code::kInvalidArgument, HasSubstr("a System.map has no modules")));
+}
+
+}  // namespace
+}  // namespace hv::patcher
