@@ -1,0 +1,41 @@
+// hvpatch apply DOMAIN PATCH.ko: load, link, plan, and switch every function in one pause.
+#include <cstdio>
+
+#include "cli/command.h"
+#include "cli/render.h"
+#include "cli/session.h"
+
+namespace hv::cli {
+
+// Shared by apply and check (dry_run).
+int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args,
+                    const Command& command, bool dry_run) {
+  if (args.size() != 2) return UsageError(command, "expected DOMAIN and PATCH.ko");
+  auto bytes = ReadPatchFile(args[1]);
+  if (!bytes.ok()) return ReportError(o, bytes.status());
+  auto session = OpenSession(o, args[0], true);
+  if (!session.ok()) return ReportError(o, session.status());
+  patcher::ApplyRequest req;
+  req.patch_path = args[1];
+  req.module = std::move(*bytes);
+  req.retry = RetryFrom(o);
+  req.dry_run = dry_run;
+  auto r = (*session)->engine->Apply(req);
+  if (!r.ok()) return ReportError(o, r.status());
+  if (o.json) {
+    std::printf("%s\n", ApplyJson(*r, (*session)->recovery).dump().c_str());
+  } else {
+    std::fputs(ApplyText(*r).c_str(), stdout);
+  }
+  return kExitOk;
+}
+
+extern const Command kApplyCommand;
+static int RunApply(const GlobalOptions& o, const std::vector<std::string>& args) {
+  return RunApplyRequest(o, args, kApplyCommand, false);
+}
+
+const Command kApplyCommand = {"apply", RunApply, "apply DOMAIN PATCH.ko",
+    "live-patch the guest kernel with a livepatch module"};
+
+}  // namespace hv::cli

@@ -1,0 +1,77 @@
+// hvpatch info DOMAIN: what hvpatch reads about the guest kernel from memory alone.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "base/hex.h"
+#include "cli/command.h"
+#include "cli/session.h"
+
+namespace hv::cli {
+
+extern const Command kInfoCommand;
+
+static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args) {
+  if (args.size() != 1) return UsageError(kInfoCommand, "expected DOMAIN");
+  auto session = OpenSession(o, args[0], false);
+  if (!session.ok()) return ReportError(o, session.status());
+  auto& s = **session;
+  const patcher::GuestKernelSummary k = s.kernel->Summary();
+  auto vcpus = [&]() -> Result<std::vector<vmm::VcpuState>> {
+    HV_RETURN_IF_ERROR(s.vm->Pause());
+    auto v = s.vm->VcpuStates();
+    HV_RETURN_IF_ERROR(s.vm->Resume());
+    return v;
+  }();
+  auto arena = s.vm->Arena();
+  auto ledger = s.ledger->Load();
+  auto running = s.vm->Running();
+  nlohmann::json j = {{"release", k.release},
+                      {"build_id", k.build_id},
+                      {"kaslr_offset", Hex(k.kaslr_offset)},
+                      {"symbols", k.symbols},
+                      {"vmlinux_symbols", k.vmlinux_symbols},
+                      {"symbol_source", k.symbol_source},
+                      {"modules", k.modules},
+                      {"cpus", k.cpus},
+                      {"thread_size", k.thread_size},
+                      {"vmcoreinfo_gpa", Hex(k.vmcoreinfo_gpa)},
+                      {"vm", s.vm->Describe()},
+                      {"running", running.ok() && *running}};
+  if (vcpus.ok()) {
+    j["vcpus"] = nlohmann::json::array();
+    for (const auto& v : *vcpus) {
+      j["vcpus"].push_back({{"index", v.index}, {"rip", Hex(v.rip)}, {"cr3", Hex(v.cr3)},
+                            {"mode", v.in_kernel() ? "kernel" : "user"}});
+    }
+  }
+  if (arena.ok()) {
+    j["arena"] = {{"bar_gpa", Hex(arena->bar_gpa)}, {"size", arena->size}, {"pci", arena->pci_address}};
+  } else {
+    j["arena"] = nullptr;
+    j["arena_error"] = arena.status().message();
+  }
+  j["patches"] = ledger.ok() ? ledger->patches.size() : 0;
+  if (o.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return kExitOk;
+  }
+  std::printf("guest kernel    %s\nbuild-id        %s\nKASLR offset    %s\n", k.release.c_str(),
+              k.build_id.c_str(), Hex(k.kaslr_offset).c_str());
+  std::printf("symbols         %zu (%zu vmlinux, from %s)\nmodules         %zu:", k.symbols,
+              k.vmlinux_symbols, k.symbol_source.c_str(), k.modules.size());
+  for (const auto& m : k.modules) std::printf(" %s", m.c_str());
+  std::printf("\ncpus            %d\n", k.cpus);
+  if (arena.ok()) {
+    std::printf("arena           %s, %llu KiB at %s\n", arena->pci_address.c_str(),
+                static_cast<unsigned long long>(arena->size / 1024), Hex(arena->bar_gpa).c_str());
+  } else {
+    std::printf("arena           none (%s)\n", arena.status().message().c_str());
+  }
+  std::printf("hvpatch patches %zu\n", ledger.ok() ? ledger->patches.size() : 0);
+  return kExitOk;
+}
+
+const Command kInfoCommand = {"info", RunInfo, "info DOMAIN",
+                              "the guest kernel as read from memory: release, build-id, KASLR, symbols"};
+
+}  // namespace hv::cli

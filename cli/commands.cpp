@@ -1,0 +1,17 @@
+#include "cli/command.h"
+
+namespace hv::cli {
+
+extern const Command kApplyCommand;
+extern const Command kRevertCommand;
+extern const Command kListCommand;
+extern const Command kInfoCommand;
+extern const Command kCheckCommand;
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {kApplyCommand, kRevertCommand, kListCommand,
+                                                kInfoCommand, kCheckCommand};
+  return commands;
+}
+
+}  // namespace hv::cli

@@ -1,0 +1,66 @@
+#include "cli/session.h"
+
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace hv::cli {
+
+void Progress(const GlobalOptions& options, const std::string& line) {
+  if (!options.json) std::fprintf(stderr, "hvpatch: %s\n", line.c_str());
+}
+
+patcher::RetryPolicy RetryFrom(const GlobalOptions& options) {
+  return {options.tries, std::chrono::milliseconds(options.retry_delay_ms)};
+}
+
+patcher::StepHook TestStopHook() {
+  const char* at = std::getenv("HVPATCH_TEST_STOP_AT");
+  if (!at || !*at) return {};
+  std::string step = at;
+  return [step](std::string_view s) {
+    if (s == step) {
+      std::fprintf(stderr, "hvpatch: test hook: stopping at step '%s'\n", step.c_str());
+      std::fflush(stderr);
+      raise(SIGSTOP);
+    }
+  };
+}
+
+Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const std::string& domain,
+                                             bool exclusive) {
+  auto s = std::make_unique<Session>();
+  s->domain = domain;
+  HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain));
+  const std::string dir = StateDir(options.state_dir);
+  const std::string stem = StateFileStem(s->vm->Identity());
+  if (exclusive) {
+    HV_ASSIGN_OR_RETURN(VmLock lock, VmLock::Acquire(dir + "/" + stem + ".lock", domain,
+                                                     std::chrono::milliseconds(options.lock_wait_ms)));
+    s->lock.emplace(std::move(lock));
+  }
+  // vCPU state (for the paging root) needs a pause; the model itself is read with the guest
+  // running: kallsyms, BTF and the module list do not move, and every commit re-walks the tasks
+  // inside its own pause.
+  HV_RETURN_IF_ERROR(s->vm->Pause());
+  auto vcpus = s->vm->VcpuStates();
+  HV_RETURN_IF_ERROR(s->vm->Resume());
+  if (!vcpus.ok()) return vcpus.status().WithContext("reading vCPU state");
+  patcher::GuestKernelOptions ko;
+  ko.walk_tasks = false;
+  auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+  if (!kernel.ok()) return kernel.status().WithContext("reading the guest kernel of " + s->vm->Describe());
+  s->kernel = std::move(*kernel);
+  HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel, *s->vm));
+  s->ledger = std::make_unique<LedgerFile>(dir + "/" + stem + ".json");
+  s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->view, *s->ledger, nullptr,
+                                                     TestStopHook());
+  if (exclusive) {
+    HV_ASSIGN_OR_RETURN(s->recovery, s->engine->Recover());
+    for (const auto& n : s->recovery) Progress(options, n);
+  }
+  return s;
+}
+
+}  // namespace hv::cli

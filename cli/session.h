@@ -1,0 +1,46 @@
+// Everything a command needs to act on one VM, opened in order: the VM (vmm::Open), the per-VM
+// lock, the guest kernel model (read from guest memory), the ledger, the patch engine, and the
+// recovery of whatever an interrupted hvpatch left behind.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "cli/ledger_file.h"
+#include "cli/vm_lock.h"
+#include "patcher/guest_kernel.h"
+#include "patcher/guest_kernel_view.h"
+#include "patcher/patch_engine.h"
+#include "vmm/vm.h"
+
+namespace hv::cli {
+
+struct Session {
+  std::unique_ptr<vmm::Vm> vm;
+  std::optional<VmLock> lock;
+  std::unique_ptr<patcher::GuestKernel> kernel;
+  std::unique_ptr<patcher::GuestKernelView> view;
+  std::unique_ptr<LedgerFile> ledger;
+  std::unique_ptr<patcher::PatchEngine> engine;
+  std::vector<std::string> recovery;  // what Recover() did
+  std::string domain;
+};
+
+// Opens DOMAIN for a command. With `exclusive` it takes the VM's lock (apply, revert, check)
+// and runs crash recovery. Progress goes to stderr unless --json.
+Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const std::string& domain,
+                                             bool exclusive);
+
+patcher::RetryPolicy RetryFrom(const GlobalOptions& options);
+
+// The test hook for crash tests: with HVPATCH_TEST_STOP_AT=STEP in the environment, the process
+// stops itself (SIGSTOP) when the transaction reaches STEP, so a test can kill -9 it there.
+patcher::StepHook TestStopHook();
+
+// Prints recovery notes (stderr, or nothing with --json: they go in the JSON object).
+void Progress(const GlobalOptions& options, const std::string& line);
+
+}  // namespace hv::cli

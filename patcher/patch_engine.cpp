@@ -1,0 +1,416 @@
+#include "patcher/patch_engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "base/hex.h"
+#include "patcher/arena_layout.h"
+#include "patcher/entry_site.h"
+#include "patcher/patch_module.h"
+#include "patcher/plan.h"
+
+namespace hv::patcher {
+namespace {
+
+// The kernel-image window: __START_KERNEL_map. One PMD table maps its 1 GiB in 2 MiB entries.
+constexpr std::uint64_t kKernelImageBase = 0xffffffff80000000ull;
+constexpr std::uint64_t kSlot = 2ull << 20;
+
+
+std::uint64_t ReadQ(const std::vector<std::uint8_t>& b) {
+  std::uint64_t v = 0;
+  std::memcpy(&v, b.data(), std::min<std::size_t>(8, b.size()));
+  return v;
+}
+
+// Kernel virtual memory for the planner, through the kernel's own page tables.
+class KernelCodeReader : public GuestCodeReader {
+ public:
+  KernelCodeReader(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode) : mem_(mem), mode_(mode) {}
+  Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
+    std::vector<std::uint8_t> out(size);
+    HV_RETURN_IF_ERROR(vmm::ReadVirt(mem_, mode_, va, out));
+    return out;
+  }
+
+ private:
+  const vmm::GuestPhysMemory& mem_;
+  vmm::PagingMode mode_;
+};
+
+bool SiteHolds(const std::vector<std::uint8_t>& now, const std::vector<std::uint8_t>& want) {
+  return !want.empty() && now == want;
+}
+
+}  // namespace
+
+Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std::size_t n) {
+  std::vector<std::uint8_t> out(n);
+  HV_RETURN_IF_ERROR(vmm::ReadVirt(vm_, kernel_.KernelPaging(), va, out));
+  return out;
+}
+
+Result<Ledger> PatchEngine::LoadLedger() {
+  HV_ASSIGN_OR_RETURN(Ledger ledger, store_.Load());
+  if (ledger.vm_identity.empty()) ledger.vm_identity = vm_.Identity();
+  if (ledger.kernel_build_id.empty()) ledger.kernel_build_id = kernel_.BuildId();
+  return ledger;
+}
+
+Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode,
+                                                 std::uint64_t* pmd_entry_gpa) {
+  // Walk to the PMD table of the kernel-image window (PGD[511] -> PUD[510] on 4-level paging).
+  std::uint64_t table = mode.cr3 & vmm::pte::kAddrMask;
+  for (int level = mode.la57 ? 5 : 4; level >= 3; --level) {
+    const int shift = 12 + 9 * (level - 1);
+    const std::uint64_t slot = table + ((kKernelImageBase >> shift) & 511) * 8;
+    std::vector<std::uint8_t> raw(8);
+    HV_RETURN_IF_ERROR(vm_.ReadPhys(slot, raw).WithContext("walking to the kernel-image PMD table"));
+    const std::uint64_t e = ReadQ(raw);
+    if (!(e & vmm::pte::kPresent) || (e & vmm::pte::kHuge)) {
+      return FailedPrecondition("the kernel-image window is not mapped by a PMD table (level " +
+                                std::to_string(level) + " entry " + Hex(e) + ")");
+    }
+    table = e & vmm::pte::kAddrMask;
+  }
+  std::vector<std::uint8_t> pmd(4096);
+  HV_RETURN_IF_ERROR(vm_.ReadPhys(table, pmd).WithContext("reading the kernel-image PMD table"));
+  const std::uint64_t end = kernel_.ImageEnd();
+  if (end <= kKernelImageBase) return Internal("kernel image end " + Hex(end) + " below the window");
+  // One empty slot as a guard after the image, then the first free one.
+  for (std::uint64_t i = ((end - 1 - kKernelImageBase) / kSlot) + 2; i < 512; ++i) {
+    std::uint64_t e;
+    std::memcpy(&e, pmd.data() + i * 8, 8);
+    if (e == 0) {
+      *pmd_entry_gpa = table + i * 8;
+      return kKernelImageBase + i * kSlot;
+    }
+  }
+  return Unavailable("no free 2 MiB slot in the kernel-image window above " + Hex(end));
+}
+
+Result<CommitReport> PatchEngine::CommitWithLedger(Ledger& ledger, const CommitPlan& plan,
+                                                   const RetryPolicy& retry) {
+  // Recorded before the pause, so a crash inside it is recovered by resuming the VM.
+  HV_ASSIGN_OR_RETURN(bool running, vm_.Running());
+  ledger.paused_by_hvpatch = true;
+  ledger.was_running = running;
+  HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
+  if (hook_) hook_("ledger_written");
+  Committer committer(vm_, stacks_, retry, hook_);
+  auto report = committer.Commit(plan);
+  ledger.paused_by_hvpatch = false;
+  return report;
+}
+
+Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
+  HV_ASSIGN_OR_RETURN(PatchModule module, LoadPatchModule(request.module, request.patch_path));
+  HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
+  if (const LedgerPatch* p = ledger.Find(module.name())) {
+    return FailedPrecondition("patch '" + module.name() + "' is already applied (state " +
+                              std::string(PatchStateName(p->state)) + ")");
+  }
+  HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module));
+
+  // The arena: mapped once, shared by all patches.
+  const vmm::PagingMode mode = kernel_.KernelPaging();
+  ArenaMapping mapping = ledger.arena;
+  std::optional<ArenaLayout> layout;
+  bool map_now = false;
+  if (mapping.mapped) {
+    auto l = ArenaLayout::Deserialize(mapping.layout);
+    if (!l.ok()) return l.status().WithContext("ledger '" + store_.Describe() + "'");
+    layout = std::move(*l);
+    std::vector<std::uint8_t> raw(8);
+    HV_RETURN_IF_ERROR(vm_.ReadPhys(mapping.pmd_entry_gpa, raw).WithContext("reading the arena PMD entry"));
+    const std::uint64_t now = ReadQ(raw);
+    if (now == 0) {
+      map_now = true;  // an interrupted first apply recorded the mapping but never wrote it
+    } else if (now != mapping.pmd_entry) {
+      return FailedPrecondition("the arena slot " + Hex(mapping.base_va) + " holds PMD entry " + Hex(now) +
+                                ", not hvpatch's " + Hex(mapping.pmd_entry))
+          .WithHint("the ledger '" + store_.Describe() + "' does not match the guest");
+    }
+  } else {
+    HV_ASSIGN_OR_RETURN(vmm::ArenaDevice dev, vm_.Arena());
+    std::uint64_t pmd_gpa = 0;
+    HV_ASSIGN_OR_RETURN(std::uint64_t slot, FindArenaSlot(mode, &pmd_gpa));
+    HV_ASSIGN_OR_RETURN(ArenaLayout l, ArenaLayout::Create(slot, dev.bar_gpa, std::min(dev.size, kSlot)));
+    layout = std::move(l);
+    mapping = {true, slot, dev.bar_gpa, layout->size(), pmd_gpa, layout->PmdEntry(), ""};
+    map_now = true;
+  }
+
+  const KernelCodeReader reader(vm_, mode);
+  HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout));
+
+  ApplyResult result;
+  result.name = module.name();
+  result.fentry_nops = planned.fentry_nops;
+  result.dry_run = request.dry_run;
+  for (const auto& a : planned.allocations) result.arena_pages += a.pages;
+
+  LedgerPatch record;
+  record.name = module.name();
+  record.state = PatchState::kApplying;
+  record.applied_at = static_cast<std::int64_t>(std::time(nullptr));
+  CommitPlan plan;
+  for (const auto& r : planned.busy) plan.busy.push_back({r.begin, r.end, "old code"});
+  for (const FunctionPlan& f : planned.functions) {
+    FunctionReport fr{f.klp.old_name, f.klp.object, f.klp.old_sympos, f.old_va, f.entry.site_va, f.new_va,
+                      std::string(EntryKindName(f.entry.kind)), ""};
+    plan.busy.push_back({f.old_va, f.old_va + std::max<std::uint64_t>(f.old_size, 1), f.klp.old_name});
+    if (f.stacked) {
+      // The patch below keeps serving until the switch: its code must be idle too.
+      const LedgerPatch* below = ledger.TopAt(f.entry.site_va);
+      if (!below) {
+        return FailedPrecondition("function '" + f.klp.old_name + "' jumps into the arena but no patch in the ledger owns it")
+            .WithHint("the ledger '" + store_.Describe() + "' does not match the guest");
+      }
+      fr.stacked_on = below->name;
+      for (const auto& bf : below->functions) {
+        if (bf.site == f.entry.site_va) {
+          plan.busy.push_back({bf.new_addr, bf.new_addr + std::max<std::uint64_t>(bf.new_size, 1),
+                               below->name + ":" + f.klp.old_name});
+        }
+      }
+    }
+    LedgerFunction lf;
+    lf.name = f.klp.old_name;
+    lf.object = f.klp.object;
+    lf.sympos = f.klp.old_sympos;
+    lf.old_addr = f.old_va;
+    lf.old_size = f.old_size;
+    lf.site = f.entry.site_va;
+    lf.original.assign(f.entry.current.begin(), f.entry.current.end());
+    lf.trampoline.assign(f.trampoline.begin(), f.trampoline.end());
+    lf.new_addr = f.new_va;
+    lf.new_size = f.new_size;
+    record.functions.push_back(lf);
+    result.functions.push_back(fr);
+  }
+
+  // Arena pages first (fresh pages: plain writes; pages that held code: code writes), then the
+  // PTEs that make them visible, the PMD entry on first use, and the trampolines last.
+  for (const ArenaWrite& w : planned.arena_writes) {
+    const std::string what = "arena " + std::string(MemoryClassName(w.memory)) + " of '" + module.name() + "'";
+    if (w.reuses_code_pages) {
+      plan.code_writes.push_back({w.va, {}, w.bytes, what});
+    } else {
+      plan.phys_writes.push_back({w.gpa, w.bytes, what});
+    }
+  }
+  for (const PteWrite& w : planned.pte_writes) {
+    std::vector<std::uint8_t> e(8);
+    std::memcpy(e.data(), &w.value, 8);
+    plan.phys_writes.push_back({w.gpa, e, "arena PTE " + std::to_string(w.page)});
+  }
+  if (map_now) {
+    // The whole PTE table first: a slot mapped for the first time must not expose stale bytes.
+    const auto table = layout->PteTable();
+    plan.phys_writes.insert(plan.phys_writes.begin(), {mapping.bar_gpa, {table.begin(), table.end()}, "arena page table"});
+    std::vector<std::uint8_t> e(8);
+    std::memcpy(e.data(), &mapping.pmd_entry, 8);
+    plan.phys_writes.push_back({mapping.pmd_entry_gpa, e, "arena PMD entry"});
+  }
+  for (const auto& lf : record.functions) {
+    plan.code_writes.push_back({lf.site, lf.original, lf.trampoline, "trampoline of '" + lf.name + "'"});
+  }
+
+  if (request.dry_run) {
+    CommitPlan check;
+    check.busy = plan.busy;
+    Committer committer(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+    HV_ASSIGN_OR_RETURN(result.commit, committer.Commit(check));
+    return result;
+  }
+
+  // Write-ahead: the record (with every original byte) and the arena state before any write.
+  mapping.layout = planned.arena_after.Serialize();
+  const ArenaMapping previous_mapping = ledger.arena;
+  ledger.arena = mapping;
+  ledger.patches.push_back(record);
+  auto committed = CommitWithLedger(ledger, plan, request.retry);
+  if (!committed.ok()) {
+    ledger.patches.pop_back();
+    ledger.arena = previous_mapping;
+    Status saved = store_.Save(ledger);
+    if (!saved.ok()) return committed.status().WithContext("(ledger not updated: " + saved.message() + ")");
+    return committed.status();
+  }
+  result.commit = *committed;
+  ledger.patches.back().state = PatchState::kApplied;
+  HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
+  if (hook_) hook_("applied");
+
+  if (agent_) {
+    auto confirmed = agent_->Confirm(ledger.patches.back());
+    if (confirmed.ok() && *confirmed) {
+      result.confirmed = true;
+      result.confirmation = "agent";
+      (void)agent_->Publish(ledger);
+    } else if (confirmed.ok() || confirmed.status().code() != Code::kUnavailable) {
+      // The guest says the patch is not live: undo it rather than leave a doubt.
+      const std::string why = confirmed.ok() ? "the agent did not see the trampolines" : confirmed.status().message();
+      auto reverted = Revert({module.name(), request.retry});
+      return FailedPrecondition("confirmation failed (" + why + "); patch '" + module.name() + "' " +
+                                (reverted.ok() ? "was reverted" : "could NOT be reverted: " + reverted.status().message()));
+    } else {
+      result.confirmation = confirmed.status().message();
+    }
+  } else {
+    result.confirmation = "no agent";
+  }
+  return result;
+}
+
+Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
+  HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
+  LedgerPatch* patch = ledger.Find(request.name);
+  if (!patch) return NotFound("patch '" + request.name + "' is not applied to " + vm_.Describe());
+  for (const auto& f : patch->functions) {
+    const LedgerPatch* top = ledger.TopAt(f.site);
+    if (top && top->name != patch->name) {
+      return FailedPrecondition("patch '" + top->name + "' is stacked on '" + patch->name + "' (function '" +
+                                f.name + "'): revert '" + top->name + "' first");
+    }
+  }
+  auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+  if (!layout.ok()) return layout.status().WithContext("ledger '" + store_.Describe() + "'");
+
+  RevertResult result;
+  result.name = patch->name;
+  CommitPlan plan;
+  for (const auto& a : layout->allocations()) {
+    if (a.owner == patch->name && a.memory == MemoryClass::kCode) {
+      plan.busy.push_back({layout->Va(a.offset()), layout->Va(a.offset()) + a.size(), "code of '" + patch->name + "'"});
+    }
+  }
+  for (const auto& f : patch->functions) {
+    plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
+    result.functions.push_back(f.name);
+  }
+  patch->state = PatchState::kReverting;
+  auto committed = CommitWithLedger(ledger, plan, request.retry);
+  patch = ledger.Find(request.name);
+  if (!committed.ok()) {
+    patch->state = PatchState::kApplied;
+    (void)store_.Save(ledger);
+    return committed.status();
+  }
+  result.commit = *committed;
+  HV_RETURN_IF_ERROR(layout->Free(request.name));
+  ledger.arena.layout = layout->Serialize();
+  ledger.patches.erase(ledger.patches.begin() + (patch - ledger.patches.data()));
+  HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
+  if (agent_) (void)agent_->Publish(ledger);
+  return result;
+}
+
+Result<std::vector<ListedPatch>> PatchEngine::List() {
+  HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
+  std::vector<ListedPatch> out;
+  for (const auto& p : ledger.patches) {
+    ListedPatch lp{p, {}, true};
+    for (const auto& f : p.functions) {
+      HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> now, ReadKernel(f.site, 5));
+      const bool holds = SiteHolds(now, f.trampoline);
+      lp.sites.push_back({f.name, f.site, holds});
+      const LedgerPatch* top = ledger.TopAt(f.site);
+      if (top == &p && !holds) lp.consistent = false;
+    }
+    out.push_back(std::move(lp));
+  }
+  return out;
+}
+
+Status PatchEngine::ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes) {
+  if (!ledger.paused_by_hvpatch) return Status::Ok();
+  HV_ASSIGN_OR_RETURN(bool running, vm_.Running());
+  if (!running && ledger.was_running) {
+    // A dead hvpatch left the VM paused: take the pause over and release it.
+    HV_RETURN_IF_ERROR(vm_.Pause());
+    HV_RETURN_IF_ERROR(vm_.ForceResume());
+    notes.push_back("resumed the VM that an interrupted hvpatch left paused");
+  }
+  ledger.paused_by_hvpatch = false;
+  return store_.Save(ledger);
+}
+
+Result<std::vector<std::string>> PatchEngine::Recover() {
+  std::vector<std::string> notes;
+  HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
+  if (ledger.patches.empty() && !ledger.paused_by_hvpatch) return notes;
+
+  // A ledger from another boot describes bytes that no longer exist.
+  bool any_trampoline = false, any_applied = false;
+  for (const auto& p : ledger.patches) {
+    any_applied = any_applied || p.state == PatchState::kApplied;
+    for (const auto& f : p.functions) {
+      auto now = ReadKernel(f.site, 5);
+      if (now.ok() && SiteHolds(*now, f.trampoline)) any_trampoline = true;
+    }
+  }
+  if (ledger.kernel_build_id != kernel_.BuildId() || (any_applied && !any_trampoline && [&] {
+        std::vector<std::uint8_t> raw(8);
+        return !ledger.arena.mapped || !vm_.ReadPhys(ledger.arena.pmd_entry_gpa, raw).ok() ||
+               ReadQ(raw) != ledger.arena.pmd_entry;
+      }())) {
+    notes.push_back("dropped a ledger of " + std::to_string(ledger.patches.size()) +
+                    " patch(es) from an earlier boot of this VM");
+    Ledger fresh;
+    fresh.vm_identity = vm_.Identity();
+    fresh.kernel_build_id = kernel_.BuildId();
+    fresh.paused_by_hvpatch = ledger.paused_by_hvpatch;
+    fresh.was_running = ledger.was_running;
+    HV_RETURN_IF_ERROR(store_.Save(fresh));
+    HV_RETURN_IF_ERROR(ResumeAfterCrash(fresh, notes));
+    return notes;
+  }
+
+  for (std::size_t i = 0; i < ledger.patches.size(); ++i) {
+    LedgerPatch& p = ledger.patches[i];
+    if (p.state == PatchState::kApplied) continue;
+    std::size_t switched = 0;
+    CommitPlan undo;
+    for (const auto& f : p.functions) {
+      HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> now, ReadKernel(f.site, 5));
+      if (SiteHolds(now, f.trampoline)) {
+        ++switched;
+        undo.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
+        undo.busy.push_back({f.new_addr, f.new_addr + std::max<std::uint64_t>(f.new_size, 1), f.name});
+      }
+    }
+    const bool was_applying = p.state == PatchState::kApplying;
+    if (was_applying && switched == p.functions.size()) {
+      p.state = PatchState::kApplied;
+      notes.push_back("recovered patch '" + p.name + "' interrupted while applying: fully applied");
+      HV_RETURN_IF_ERROR(store_.Save(ledger));
+      continue;
+    }
+    if (!was_applying && switched == p.functions.size()) {
+      p.state = PatchState::kApplied;
+      notes.push_back("recovered patch '" + p.name + "' interrupted while reverting: still fully applied");
+      HV_RETURN_IF_ERROR(store_.Save(ledger));
+      continue;
+    }
+    if (!undo.code_writes.empty()) {
+      // Partly switched: put the rest back, with the same stack check as a revert.
+      Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
+      auto r = committer.Commit(undo);
+      if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
+    }
+    auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+    if (layout.ok() && layout->Free(p.name).ok()) ledger.arena.layout = layout->Serialize();
+    notes.push_back("recovered patch '" + p.name + "' interrupted while " +
+                    (was_applying ? "applying" : "reverting") + ": fully reverted");
+    ledger.patches.erase(ledger.patches.begin() + static_cast<long>(i));
+    --i;
+    HV_RETURN_IF_ERROR(store_.Save(ledger));
+  }
+  HV_RETURN_IF_ERROR(ResumeAfterCrash(ledger, notes));
+  return notes;
+}
+
+}  // namespace hv::patcher
