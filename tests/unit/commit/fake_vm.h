@@ -72,6 +72,11 @@ class FakeVm : public vmm::Vm {
     return Status::Ok();
   }
   Result<bool> Running() override { return running_; }
+  Status ForceResume() override {
+    depth_ = 0;
+    running_ = true;
+    return Status::Ok();
+  }
   Result<std::vector<vmm::VcpuState>> VcpuStates() override {
     if (running_) return FailedPrecondition("VM is running");
     std::vector<vmm::VcpuState> out;
