@@ -1,6 +1,7 @@
 #include "patcher/guest_kernel.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "base/hex.h"
 #include "patcher/kallsyms_decoder.h"
@@ -9,6 +10,14 @@ namespace hv::patcher {
 namespace {
 
 constexpr int kMaxStackHops = 4;
+
+// Milliseconds since `*mark`, which moves to now.
+double Lap(std::chrono::steady_clock::time_point* mark) {
+  const auto now = std::chrono::steady_clock::now();
+  const double ms = std::chrono::duration<double, std::milli>(now - *mark).count();
+  *mark = now;
+  return ms;
+}
 
 Result<std::uint64_t> SymbolValue(const SymbolTable& table, std::string_view name) {
   HV_ASSIGN_OR_RETURN(const KernelSymbol* s, table.Find("", name, 0));
@@ -40,6 +49,8 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
                                                         std::span<const vmm::VcpuState> vcpus,
                                                         const GuestKernelOptions& options) {
   std::unique_ptr<GuestKernel> k(new GuestKernel());
+  const auto start = std::chrono::steady_clock::now();
+  auto mark = start;
   Result<Vmcoreinfo> info = Vmcoreinfo::Find(mem);
   if (!info.ok()) return info.status().WithContext("finding vmcoreinfo");
   k->vmcoreinfo_ = std::move(*info);
@@ -47,26 +58,43 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   if (!mode.ok()) return mode.status().WithContext("finding the kernel page tables");
   k->paging_ = *mode;
   const KernelMemory kmem(mem, k->paging_);
+  k->timings_.vmcoreinfo_ms = Lap(&mark);
 
-  // vmlinux symbols: kallsyms from memory, else the fallbacks.
+  // vmlinux symbols: kallsyms from memory, else the fallbacks. Symbols decoded from memory
+  // join the table together with the modules' (one index build instead of two); until then
+  // the few symbols needed meanwhile are looked up in the decoded list.
+  std::vector<KernelSymbol> vmlinux;
+  auto value_of = [&](std::string_view name) -> Result<std::uint64_t> {
+    if (vmlinux.empty()) return SymbolValue(k->symbols_, name);
+    const KernelSymbol* found = nullptr;
+    for (const KernelSymbol& s : vmlinux) {
+      if (s.name != name) continue;
+      if (found) {
+        return InvalidArgument("unresolvable ambiguity for symbol '" + std::string(name) +
+                               "' in object 'vmlinux'");
+      }
+      found = &s;
+    }
+    if (!found) return NotFound("symbol '" + std::string(name) + "' in object 'vmlinux' not found");
+    return found->address;
+  };
   Status decoded = [&]() -> Status {
     HV_ASSIGN_OR_RETURN(KallsymsLocation where, KallsymsDecoder::Locate(k->vmcoreinfo_));
-    HV_ASSIGN_OR_RETURN(std::vector<KernelSymbol> syms, KallsymsDecoder::Read(kmem, where));
-    SymbolTable table;
-    HV_RETURN_IF_ERROR(table.AddObject("", std::move(syms)));
+    HV_ASSIGN_OR_RETURN(vmlinux, KallsymsDecoder::Read(kmem, where));
+    if (vmlinux.empty()) return InvalidArgument("kallsyms holds no symbols");
     // A sanity check that ties the tables to this kernel (and the KASLR offset to both).
     if (auto stext = k->vmcoreinfo_.Symbol("_stext")) {
-      HV_ASSIGN_OR_RETURN(std::uint64_t decoded_stext, SymbolValue(table, "_stext"));
+      HV_ASSIGN_OR_RETURN(std::uint64_t decoded_stext, value_of("_stext"));
       if (decoded_stext != *stext) {
         return InvalidArgument("kallsyms puts _stext at " + Hex(decoded_stext) +
                                " but vmcoreinfo says " + Hex(*stext));
       }
     }
-    k->symbols_ = std::move(table);
     k->symbol_source_ = "guest memory (kallsyms)";
     return Status::Ok();
   }();
   if (!decoded.ok()) {
+    vmlinux.clear();
     if (!options.agent_kallsyms.empty()) {
       Result<SymbolTable> t = ParseKallsymsText(options.agent_kallsyms);
       if (!t.ok()) return t.status().WithContext("parsing the agent's kallsyms");
@@ -83,37 +111,43 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
           .WithHint("give the agent's kallsyms or a System.map for this kernel build");
     }
   }
-  if (auto end = SymbolValue(k->symbols_, "__per_cpu_end"); end.ok()) k->per_cpu_end_ = *end;
+  if (auto end = value_of("__per_cpu_end"); end.ok()) k->per_cpu_end_ = *end;
+  k->timings_.kallsyms_ms = Lap(&mark);
 
   // BTF.
   {
-    auto start = SymbolValue(k->symbols_, "__start_BTF");
-    auto stop = SymbolValue(k->symbols_, "__stop_BTF");
+    auto start = value_of("__start_BTF");
+    auto stop = value_of("__stop_BTF");
     if (!start.ok()) return start.status().WithContext("reading BTF");
     if (!stop.ok()) return stop.status().WithContext("reading BTF");
     Result<KernelBtf> btf = KernelBtf::Read(kmem, *start, *stop);
     if (!btf.ok()) return btf.status().WithContext("reading BTF");
     k->btf_.emplace(std::move(*btf));
   }
+  k->timings_.btf_ms = Lap(&mark);
 
   // Modules: their symbols join the table unless the agent's text already had them.
   {
     Result<ModuleLayout> layout = ModuleLayout::FromBtf(*k->btf_);
     if (!layout.ok()) return layout.status().WithContext("reading modules");
-    Result<std::uint64_t> head = SymbolValue(k->symbols_, "modules");
+    Result<std::uint64_t> head = value_of("modules");
     if (!head.ok()) return head.status().WithContext("reading modules");
     Result<std::vector<GuestModule>> mods = ModuleReader(*layout).Read(kmem, *head);
     if (!mods.ok()) return mods.status().WithContext("reading modules");
     k->modules_ = std::move(*mods);
+    std::vector<SymbolTable::ObjectSymbols> batch;
+    if (!vmlinux.empty()) batch.push_back({"", std::move(vmlinux), std::nullopt});
     if (k->symbols_.modules().empty()) {
       for (const GuestModule& m : k->modules_) {
         std::optional<std::uint64_t> end;
         if (m.core_size) end = m.core_base + m.core_size;
-        Status s = k->symbols_.AddObject(m.name, m.symbols, end);
-        if (!s.ok()) return s.WithContext("reading modules");
+        batch.push_back({m.name, m.symbols, end});
       }
     }
+    Status s = k->symbols_.AddObjects(std::move(batch));
+    if (!s.ok()) return s.WithContext("reading modules");
   }
+  k->timings_.modules_ms = Lap(&mark);
 
   // Tasks.
   {
@@ -128,6 +162,8 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
       k->initial_tasks_ = std::move(*snap);
     }
   }
+  k->timings_.tasks_ms = Lap(&mark);
+  k->timings_.total_ms = std::chrono::duration<double, std::milli>(mark - start).count();
   return k;
 }
 

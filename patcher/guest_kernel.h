@@ -59,6 +59,11 @@ struct GuestKernelSummary {
   std::uint64_t thread_size = 0;
 };
 
+// Where Build spent its time (wall clock, milliseconds), for the benchmark.
+struct GuestKernelTimings {
+  double vmcoreinfo_ms = 0, kallsyms_ms = 0, btf_ms = 0, modules_ms = 0, tasks_ms = 0, total_ms = 0;
+};
+
 class GuestKernel : public SymbolResolver {
  public:
   // Builds the model. `vcpus` (their states in a pause) give the fallback paging root when
@@ -110,6 +115,7 @@ class GuestKernel : public SymbolResolver {
                                                 std::span<const vmm::VcpuState> vcpus) const;
 
   GuestKernelSummary Summary() const;
+  const GuestKernelTimings& timings() const { return timings_; }
 
  private:
   GuestKernel() = default;
@@ -123,6 +129,7 @@ class GuestKernel : public SymbolResolver {
   std::optional<TaskWalker> walker_;
   TaskSnapshot initial_tasks_;
   std::uint64_t per_cpu_end_ = 0;
+  GuestKernelTimings timings_;
 };
 
 // The commit's StackSource over a GuestKernel: re-walks the tasks in each pause.

@@ -12,24 +12,28 @@ constexpr std::uint64_t kPage = 4096;
 constexpr std::size_t kMaxCachedPages = 1 << 16;
 }  // namespace
 
-Result<std::uint64_t> KernelMemory::Translate(std::uint64_t va) const {
+Result<KernelMemory::Run> KernelMemory::Translate(std::uint64_t va) const {
   const std::uint64_t page = va & ~(kPage - 1);
-  if (auto it = pages_.find(page); it != pages_.end()) return it->second + (va - page);
+  if (auto it = pages_.find(page); it != pages_.end()) {
+    return Run{it->second.gpa + (va - page), it->second.run - (va - page)};
+  }
   HV_ASSIGN_OR_RETURN(vmm::Translation t, vmm::TranslateVirt(mem_, mode_, page));
   if (pages_.size() >= kMaxCachedPages) pages_.clear();
-  pages_[page] = t.gpa;
-  return t.gpa + (va - page);
+  // Bytes from `page` to the end of its (possibly 2 MiB or 1 GiB) mapping: one physical read
+  // can cover them all.
+  const std::uint64_t run = t.page_size - (page & (t.page_size - 1));
+  pages_[page] = Cached{t.gpa, run};
+  return Run{t.gpa + (va - page), run - (va - page)};
 }
 
 Status KernelMemory::Read(std::uint64_t va, std::span<std::uint8_t> out) const {
   std::size_t done = 0;
   while (done < out.size()) {
     const std::uint64_t at = va + done;
-    Result<std::uint64_t> gpa = Translate(at);
-    if (!gpa.ok()) return gpa.status().WithContext("reading " + Hex(at));
-    const std::size_t n =
-        static_cast<std::size_t>(std::min<std::uint64_t>(kPage - (at & (kPage - 1)), out.size() - done));
-    Status s = mem_.ReadPhys(*gpa, out.subspan(done, n));
+    Result<Run> r = Translate(at);
+    if (!r.ok()) return r.status().WithContext("reading " + Hex(at));
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(r->bytes, out.size() - done));
+    Status s = mem_.ReadPhys(r->gpa, out.subspan(done, n));
     if (!s.ok()) return s.WithContext("reading " + Hex(at));
     done += n;
   }

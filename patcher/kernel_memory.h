@@ -38,13 +38,21 @@ class KernelMemory {
   Result<std::string> ReadCharArray(std::uint64_t va, std::size_t size) const;
 
  private:
-  Result<std::uint64_t> Translate(std::uint64_t va) const;
+  struct Run {
+    std::uint64_t gpa = 0;
+    std::uint64_t bytes = 0;  // physically contiguous bytes from gpa (to the end of the mapping)
+  };
+  struct Cached {
+    std::uint64_t gpa = 0, run = 0;
+  };
+  Result<Run> Translate(std::uint64_t va) const;
 
   const vmm::GuestPhysMemory& mem_;
   vmm::PagingMode mode_;
-  // 4 KiB virtual page -> guest-physical page. Page tables may change while the guest runs, so
-  // an instance lives for one pause (GuestKernel makes a fresh one per build or task walk).
-  mutable std::unordered_map<std::uint64_t, std::uint64_t> pages_;
+  // 4 KiB virtual page -> guest-physical page and the contiguous run behind it. Page tables
+  // may change while the guest runs, so an instance lives for one pause (GuestKernel makes a
+  // fresh one per build or task walk).
+  mutable std::unordered_map<std::uint64_t, Cached> pages_;
 };
 
 }  // namespace hv::patcher

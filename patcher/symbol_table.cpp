@@ -86,10 +86,10 @@ Result<SymbolTable> ParseText(std::string_view text, bool system_map, std::uint6
     if (inserted) order.push_back(s.module);
     it->second.push_back(std::move(s));
   }
+  std::vector<SymbolTable::ObjectSymbols> batch;
+  for (const std::string& m : order) batch.push_back({m, std::move(objects[m]), std::nullopt});
   SymbolTable table;
-  for (const std::string& m : order) {
-    HV_RETURN_IF_ERROR(table.AddObject(m, std::move(objects[m])));
-  }
+  HV_RETURN_IF_ERROR(table.AddObjects(std::move(batch)));
   return table;
 }
 
@@ -97,61 +97,76 @@ Result<SymbolTable> ParseText(std::string_view text, bool system_map, std::uint6
 
 Status SymbolTable::AddObject(std::string_view module, std::vector<KernelSymbol> symbols,
                               std::optional<std::uint64_t> end) {
-  for (const Object& o : objects_) {
-    if (o.module == module) {
+  std::vector<ObjectSymbols> one;
+  one.push_back(ObjectSymbols{std::string(module), std::move(symbols), end});
+  return AddObjects(std::move(one));
+}
+
+Status SymbolTable::AddObjects(std::vector<ObjectSymbols> objects) {
+  std::size_t total = symbols_.size();
+  for (std::size_t i = 0; i < objects.size(); ++i) {
+    const std::string& module = objects[i].module;
+    bool dup = false;
+    for (const Object& o : objects_) dup = dup || o.module == module;
+    for (std::size_t j = 0; j < i; ++j) dup = dup || objects[j].module == module;
+    if (dup) {
       return InvalidArgument("object '" + ObjectName(module) + "' is already in the symbol table");
     }
+    total += objects[i].symbols.size();
   }
-  if (symbols_.size() + symbols.size() > std::numeric_limits<std::uint32_t>::max()) {
-    return InvalidArgument("too many symbols");
-  }
-  Object obj{std::string(module), symbols_.size(), symbols.size()};
+  if (total > std::numeric_limits<std::uint32_t>::max()) return InvalidArgument("too many symbols");
 
-  // sympos: occurrence count per name, in the given (kallsyms) order.
-  std::unordered_map<std::string_view, std::uint32_t> seen;
-  seen.reserve(symbols.size());
-  for (KernelSymbol& s : symbols) {
-    s.module = obj.module;
-    s.sympos = ++seen[s.name];
-  }
-  // Sizes: bounded by the next strictly higher address within the object.
-  std::vector<std::uint32_t> order(symbols.size());
-  std::iota(order.begin(), order.end(), 0u);
-  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
-    return symbols[a].address < symbols[b].address;
-  });
-  for (std::size_t i = 0; i < order.size();) {
-    std::size_t j = i;
-    while (j < order.size() && symbols[order[j]].address == symbols[order[i]].address) ++j;
-    const std::uint64_t addr = symbols[order[i]].address;
-    std::uint64_t size = 0;
-    if (j < order.size()) {
-      size = symbols[order[j]].address - addr;
-    } else if (end && *end > addr) {
-      size = *end - addr;
+  symbols_.reserve(total);
+  for (ObjectSymbols& obj : objects) {
+    std::vector<KernelSymbol>& symbols = obj.symbols;
+    // Sizes: bounded by the next strictly higher address within the object.
+    std::vector<std::uint32_t> order(symbols.size());
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+      return symbols[a].address < symbols[b].address;
+    });
+    for (std::size_t i = 0; i < order.size();) {
+      std::size_t j = i;
+      while (j < order.size() && symbols[order[j]].address == symbols[order[i]].address) ++j;
+      const std::uint64_t addr = symbols[order[i]].address;
+      std::uint64_t size = 0;
+      if (j < order.size()) {
+        size = symbols[order[j]].address - addr;
+      } else if (obj.end && *obj.end > addr) {
+        size = *obj.end - addr;
+      }
+      for (std::size_t k = i; k < j; ++k) symbols[order[k]].size = size;
+      i = j;
     }
-    for (std::size_t k = i; k < j; ++k) symbols[order[k]].size = size;
-    i = j;
+    objects_.push_back(Object{obj.module, symbols_.size(), symbols.size()});
+    for (KernelSymbol& s : symbols) {
+      s.module = obj.module;
+      symbols_.push_back(std::move(s));
+    }
   }
+  Reindex();
+  return Status::Ok();
+}
 
-  symbols_.reserve(symbols_.size() + symbols.size());
-  for (KernelSymbol& s : symbols) symbols_.push_back(std::move(s));
-  objects_.push_back(std::move(obj));
-
-  // Rebuild the indexes (objects are few: vmlinux plus the loaded modules).
-  by_name_.resize(symbols_.size());
-  std::iota(by_name_.begin(), by_name_.end(), 0u);
-  std::sort(by_name_.begin(), by_name_.end(), [&](std::uint32_t a, std::uint32_t b) {
-    const int c = symbols_[a].name.compare(symbols_[b].name);
-    return c != 0 ? c < 0 : a < b;
-  });
+void SymbolTable::Reindex() {
+  // sympos: the occurrence count of a name within its object, in table order.
+  by_name_.clear();
+  by_name_.reserve(symbols_.size());
+  for (std::uint32_t i = 0; i < symbols_.size(); ++i) {
+    // Objects are contiguous in symbols_, so the previous symbol of this name is either in
+    // the same object (count on) or in an earlier one (start again): O(1), even for a hostile
+    // table of a million identical names.
+    std::vector<std::uint32_t>& same = by_name_[symbols_[i].name];
+    const bool same_object = !same.empty() && symbols_[same.back()].module == symbols_[i].module;
+    symbols_[i].sympos = same_object ? symbols_[same.back()].sympos + 1 : 1;
+    same.push_back(i);
+  }
   by_address_.resize(symbols_.size());
   std::iota(by_address_.begin(), by_address_.end(), 0u);
   std::sort(by_address_.begin(), by_address_.end(), [&](std::uint32_t a, std::uint32_t b) {
     return symbols_[a].address != symbols_[b].address ? symbols_[a].address < symbols_[b].address
                                                       : a < b;
   });
-  return Status::Ok();
 }
 
 std::vector<std::string> SymbolTable::modules() const {
@@ -171,9 +186,9 @@ std::size_t SymbolTable::CountIn(std::string_view module) const {
 
 std::vector<const KernelSymbol*> SymbolTable::FindAll(std::string_view name) const {
   std::vector<const KernelSymbol*> out;
-  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                             [&](std::uint32_t i, std::string_view n) { return symbols_[i].name < n; });
-  for (; it != by_name_.end() && symbols_[*it].name == name; ++it) out.push_back(&symbols_[*it]);
+  if (auto it = by_name_.find(name); it != by_name_.end()) {
+    for (std::uint32_t i : it->second) out.push_back(&symbols_[i]);
+  }
   return out;
 }
 
@@ -181,7 +196,7 @@ Result<const KernelSymbol*> SymbolTable::Find(std::string_view module, std::stri
                                               std::uint32_t sympos) const {
   std::vector<const KernelSymbol*> in_object;
   for (const KernelSymbol* s : FindAll(name)) {
-    if (s->module == module) in_object.push_back(s);  // by_name_ keeps kallsyms order per object
+    if (s->module == module) in_object.push_back(s);  // table order: kallsyms order per object
   }
   const std::string where = "symbol '" + std::string(name) + "' in object '" + ObjectName(module) + "'";
   if (in_object.empty()) return NotFound(where + " not found");

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "base/status.h"
@@ -37,6 +38,15 @@ class SymbolTable {
   // vmlinux. Errors: kInvalidArgument if the object was already added.
   Status AddObject(std::string_view module, std::vector<KernelSymbol> symbols,
                    std::optional<std::uint64_t> end = std::nullopt);
+
+  // Several objects at once (the indexes are rebuilt once). Same errors as AddObject; on error
+  // the table is unchanged.
+  struct ObjectSymbols {
+    std::string module;
+    std::vector<KernelSymbol> symbols;
+    std::optional<std::uint64_t> end;
+  };
+  Status AddObjects(std::vector<ObjectSymbols> objects);
 
   const std::vector<KernelSymbol>& symbols() const { return symbols_; }
   std::size_t size() const { return symbols_.size(); }
@@ -64,8 +74,12 @@ class SymbolTable {
   };
   std::vector<KernelSymbol> symbols_;
   std::vector<Object> objects_;
-  // Indices into symbols_, sorted by name (then index) and by address (then index).
-  std::vector<std::uint32_t> by_name_;
+  void Reindex();
+
+  // Name -> indices into symbols_ in table order (objects in the order added, kallsyms order
+  // within each); the keys view the names held by symbols_, so it is rebuilt after each append.
+  std::unordered_map<std::string_view, std::vector<std::uint32_t>> by_name_;
+  // Indices into symbols_ sorted by address (then index).
   std::vector<std::uint32_t> by_address_;
 };
 

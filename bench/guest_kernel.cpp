@@ -1,0 +1,121 @@
+// bench/guest_kernel: the time to build the guest kernel model (GuestKernel::Build: vmcoreinfo
+// scan, kallsyms decode, BTF parse, module symbols, task walk) on a paused test guest, and the
+// time of a task walk alone (what each commit repeats), each also given as a ratio to a bare QMP
+// `stop`+`cont` measured in the same run (see bench/README.md).
+//   guest_kernel [--iterations N] [qmp:PATH]
+// Without a target it boots the test guest (tests/harness), starts a 5-thread process in it and
+// stops the guest afterwards.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "patcher/guest_kernel.h"
+#include "tests/harness/test_vm.h"
+#include "vmm/qemu_vm.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double Ms(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+int Fail(const hv::Status& s) {
+  std::fprintf(stderr, "guest_kernel: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iterations = 10;
+  std::string target;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
+      iterations = std::max(3, std::atoi(argv[++i]));
+    } else if (std::strncmp(argv[i], "qmp:", 4) == 0) {
+      target = argv[i] + 4;
+    } else {
+      std::fprintf(stderr, "usage: guest_kernel [--iterations N] [qmp:PATH]\n");
+      return 2;
+    }
+  }
+  std::unique_ptr<hv::testing::TestVm> guest;
+  if (target.empty()) {
+    hv::testing::TestVmOptions o;
+    o.agent = false;
+    auto g = hv::testing::TestVm::Start(o);
+    if (!g.ok()) return Fail(g.status());
+    guest = std::move(*g);
+    if (auto r = guest->Check("threads 5 > /dev/null 2>&1 & sleep 1"); !r.ok()) return Fail(r.status());
+    target = guest->qmp_path();
+  }
+  auto vm = hv::vmm::QemuVm::Connect(target);
+  if (!vm.ok()) return Fail(vm.status());
+  hv::vmm::QemuVm& q = **vm;
+
+  std::vector<double> bare, total, vmcoreinfo, kallsyms, btf, modules, tasks, build_wall, walk;
+  hv::patcher::GuestKernelSummary summary;
+  for (int i = 0; i < iterations; ++i) {
+    auto t0 = Clock::now();
+    if (auto s = q.qmp().Execute("stop"); !s.ok()) return Fail(s.status());
+    if (auto s = q.qmp().Execute("cont"); !s.ok()) return Fail(s.status());
+    bare.push_back(Ms(t0));
+
+    if (auto s = q.Pause(); !s.ok()) return Fail(s);
+    auto vcpus = q.VcpuStates();
+    if (!vcpus.ok()) return Fail(vcpus.status());
+    t0 = Clock::now();
+    auto k = hv::patcher::GuestKernel::Build(q, *vcpus);
+    build_wall.push_back(Ms(t0));
+    if (!k.ok()) {
+      (void)q.Resume();
+      return Fail(k.status());
+    }
+    t0 = Clock::now();
+    auto snap = (*k)->WalkTasks(q);
+    walk.push_back(Ms(t0));
+    if (auto s = q.Resume(); !s.ok()) return Fail(s);
+    if (!snap.ok()) return Fail(snap.status());
+    const hv::patcher::GuestKernelTimings& t = (*k)->timings();
+    vmcoreinfo.push_back(t.vmcoreinfo_ms);
+    kallsyms.push_back(t.kallsyms_ms);
+    btf.push_back(t.btf_ms);
+    modules.push_back(t.modules_ms);
+    tasks.push_back(t.tasks_ms);
+    total.push_back(t.total_ms);
+    summary = (*k)->Summary();
+  }
+  const double base = Median(bare);
+  std::printf("guest: %s, %zu symbols (%zu vmlinux), %zu modules, %zu tasks, %d CPUs\n",
+              summary.release.c_str(), summary.symbols, summary.vmlinux_symbols,
+              summary.modules.size(), summary.tasks, summary.cpus);
+  const std::string header = "measure (median of " + std::to_string(iterations) + ")";
+  std::printf("%-34s %10s %18s\n", header.c_str(), "ms", "ratio to stop+cont");
+  auto row = [&](const char* name, const std::vector<double>& v) {
+    std::printf("%-34s %10.2f %18.2f\n", name, Median(v), base > 0 ? Median(v) / base : 0);
+  };
+  row("bare QMP stop+cont", bare);
+  row("GuestKernel::Build (wall)", build_wall);
+  row("  vmcoreinfo scan", vmcoreinfo);
+  row("  kallsyms decode + table", kallsyms);
+  row("  BTF read + parse", btf);
+  row("  module symbols", modules);
+  row("  task walk", tasks);
+  row("WalkTasks alone (per commit)", walk);
+  std::printf("%-34s %10.2f %18.2f\n", "first Build of the run (cold)", build_wall.front(),
+              base > 0 ? build_wall.front() / base : 0);
+  std::printf("goal: Build <= 200 ms: %s\n", Median(build_wall) <= 200 ? "met" : "NOT met");
+  return 0;
+}
