@@ -73,6 +73,8 @@ class FakeGuestKernel {
   std::uint64_t btf_size() const { return Symbol("__stop_BTF") - Symbol("__start_BTF"); }
   std::uint64_t per_cpu_base(int cpu) const { return percpu_[cpu]; }
   std::uint64_t kallsyms_names_va() const { return Symbol("kallsyms_names"); }
+  // Bytes of the heap in use (tasks, stacks, per-cpu areas, the module), from kHeapVa.
+  std::uint64_t heap_used() const { return heap_next_ - kHeapVa; }
 
   std::uint64_t Pa(std::uint64_t va) const {
     if (va >= kImageVa && va < kImageVa + kImageSize) return kImagePa + (va - kImageVa);
