@@ -22,6 +22,7 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   req.dry_run = dry_run;
   auto r = (*session)->engine->Apply(req);
   if (!r.ok()) return ReportError(o, r.status());
+  if (!r->confirmed && !(*session)->agent) r->confirmation = (*session)->agent_note;
   if (o.json) {
     std::printf("%s\n", ApplyJson(*r, (*session)->recovery).dump().c_str());
   } else {

@@ -1,6 +1,7 @@
 // hvpatch list DOMAIN: the ledger's patches in stack order, each site checked against the guest.
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "base/hex.h"
@@ -18,6 +19,15 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
   if (!session.ok()) return ReportError(o, session.status());
   auto patches = (*session)->engine->List();
   if (!patches.ok()) return ReportError(o, patches.status());
+  // The agent's tree next to the ledger.
+  std::optional<std::vector<std::string>> diffs;
+  std::string agent_note = (*session)->agent_note;
+  if ((*session)->agent) {
+    auto ledger = (*session)->ledger->Load();
+    auto d = ledger.ok() ? (*session)->agent->CompareWithLedger(*ledger) : Result<std::vector<std::string>>(ledger.status());
+    if (d.ok()) diffs = std::move(*d);
+    else agent_note = "agent: " + d.status().message();
+  }
   if (o.json) {
     nlohmann::json j = {{"patches", nlohmann::json::array()}, {"recovered", (*session)->recovery}};
     for (const auto& p : *patches) {
@@ -32,6 +42,12 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
                                    {"live", p.sites[i].holds_trampoline}});
       }
       j["patches"].push_back(jp);
+    }
+    if (diffs) {
+      j["agent"] = {{"in_sync", diffs->empty()}, {"differences", *diffs}};
+    } else {
+      j["agent"] = nullptr;
+      j["agent_note"] = agent_note;
     }
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -50,6 +66,9 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
                   Hex(f.new_addr).c_str(), p.sites[i].holds_trampoline ? "" : " (not live: covered by a later patch or changed)");
     }
   }
+  if (diffs && diffs->empty()) std::printf("guest agent's tree: in sync with the ledger\n");
+  if (diffs) for (const auto& d : *diffs) std::printf("MISMATCH (guest agent's tree): %s\n", d.c_str());
+  if (!diffs) std::printf("guest agent's tree: not compared (%s)\n", agent_note.c_str());
   return kExitOk;
 }
 

@@ -25,6 +25,8 @@ struct GlobalOptions {
   int tries = 5;                       // --tries: stack-check attempts (Ksplice: 5)
   int retry_delay_ms = 1000;           // --retry-delay-ms: back-off between attempts (Ksplice: 1 s)
   int lock_wait_ms = 10000;            // --lock-wait-ms: how long to wait for another hvpatch
+  bool agent = true;                   // --no-agent: do not talk to the guest agent
+  int agent_timeout_ms = 3000;         // --agent-timeout-ms: sync wait (no reply: no agent)
 };
 
 struct Command {

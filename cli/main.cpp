@@ -32,6 +32,8 @@ void PrintHelp(FILE* out) {
                "  --tries N              stack-check attempts before 'code busy' (default 5)\n"
                "  --retry-delay-ms MS    wait between attempts (default 1000)\n"
                "  --lock-wait-ms MS      wait for another hvpatch on the same VM (default 10000)\n"
+               "  --no-agent             do not use the guest agent (no in-guest confirmation)\n"
+               "  --agent-timeout-ms MS  how long to wait for the agent's sync (default 3000)\n"
                "  -h, --help             this help\n"
                "\n"
                "Exit codes: 0 ok, 1 error, 2 usage, 3 code busy (a guest task is inside a\n"
@@ -81,6 +83,10 @@ int main(int argc, char** argv) {
       int_value("--tries", 1, 100, &o.tries);
     } else if (a == "--retry-delay-ms") {
       int_value("--retry-delay-ms", 0, 600000, &o.retry_delay_ms);
+    } else if (a == "--no-agent") {
+      o.agent = false;
+    } else if (a == "--agent-timeout-ms") {
+      int_value("--agent-timeout-ms", 100, 600000, &o.agent_timeout_ms);
     } else if (a == "--lock-wait-ms") {
       int_value("--lock-wait-ms", 0, 3600000, &o.lock_wait_ms);
     } else {

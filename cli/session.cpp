@@ -54,11 +54,28 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   s->kernel = std::move(*kernel);
   HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel, *s->vm));
   s->ledger = std::make_unique<LedgerFile>(dir + "/" + stem + ".json");
-  s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->view, *s->ledger, nullptr,
-                                                     TestStopHook());
+  if (!options.agent) {
+    s->agent_note = "agent not used (--no-agent)";
+  } else if (auto path = s->vm->AgentSocket(); !path.ok()) {
+    s->agent_note = "no agent: " + path.status().message();
+  } else {
+    agent::AgentClientOptions ao;
+    ao.sync_timeout_ms = options.agent_timeout_ms;
+    auto client = agent::AgentClient::Connect(*path, ao);
+    if (client.ok()) {
+      s->agent = std::make_unique<AgentLink>(std::move(*client));
+    } else {
+      s->agent_note = "no agent: " + client.status().message();
+    }
+  }
+  s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->view, *s->ledger,
+                                                     s->agent.get(), TestStopHook());
   if (exclusive) {
     HV_ASSIGN_OR_RETURN(s->recovery, s->engine->Recover());
     for (const auto& n : s->recovery) Progress(options, n);
+    if (!s->recovery.empty() && s->agent) {
+      if (auto l = s->ledger->Load(); l.ok()) (void)s->agent->Publish(*l);
+    }
   }
   return s;
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/agent_link.h"
 #include "cli/command.h"
 #include "cli/ledger_file.h"
 #include "cli/vm_lock.h"
@@ -24,6 +25,8 @@ struct Session {
   std::unique_ptr<patcher::GuestKernel> kernel;
   std::unique_ptr<patcher::GuestKernelView> view;
   std::unique_ptr<LedgerFile> ledger;
+  std::unique_ptr<AgentLink> agent;  // null without an agent
+  std::string agent_note;            // why there is no agent
   std::unique_ptr<patcher::PatchEngine> engine;
   std::vector<std::string> recovery;  // what Recover() did
   std::string domain;

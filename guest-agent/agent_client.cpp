@@ -233,9 +233,9 @@ Result<std::vector<KernelSymbol>> AgentClient::Kallsyms() {
   }
 }
 
-Result<LivepatchState> AgentClient::GetLivepatchState() {
+Result<LivepatchState> AgentClient::GetLivepatchState(bool published) {
   pb::Request request;
-  request.mutable_livepatch_state();
+  request.mutable_livepatch_state()->set_published(published);
   auto response = Call(&request);
   if (!response.ok()) return Context("livepatch state", response.status());
   if (!response->has_livepatch_state()) {

@@ -63,8 +63,9 @@ class AgentClient {
   Result<AgentHello> Hello();
   // /proc/kallsyms, streamed in chunks; at most options.max_symbols.
   Result<std::vector<KernelSymbol>> Kallsyms();
-  // The guest's own /sys/kernel/livepatch.
-  Result<LivepatchState> GetLivepatchState();
+  // The guest's own /sys/kernel/livepatch, or with `published` the agent's parity tree of
+  // hvpatch patches (/run/hvpatch/livepatch).
+  Result<LivepatchState> GetLivepatchState(bool published = false);
   // tracefs enabled_functions.
   Result<FtraceState> GetFtraceState();
   // `length` (1..4096) bytes at kernel virtual address `address`, read by the agent through

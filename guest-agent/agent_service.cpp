@@ -238,7 +238,8 @@ Status AgentService::Handle(const pb::Request& request, const Sink& send) {
     case pb::Request::kKallsyms:
       return StreamKallsyms(id, send);
     case pb::Request::kLivepatchState: {
-      auto state = ReadLivepatchSysfs(paths_.sys_root + "/kernel/livepatch");
+      const bool published = request.livepatch_state().published();
+      auto state = ReadLivepatchSysfs(published ? paths_.state_root : paths_.sys_root + "/kernel/livepatch");
       if (!state.ok()) return send(ErrorResponse(id, state.status()));
       *r.mutable_livepatch_state() = std::move(*state);
       return send(r);

@@ -8,8 +8,9 @@
 # Outputs (DIR/):
 #   abi                          the resolved kernel ABI, e.g. 6.1.0-56
 #   vmlinuz, config, modules/    the guest kernel and the modules the guest needs
-#   initramfs-base.cpio.gz       busybox + /init + modules + guest tools (no agent: the
-#                                harness appends the freshly built agent as a second archive)
+#   initramfs-base.cpio.gz       busybox + /init + modules + guest tools + /patches/*.ko (no
+#                                agent: the harness appends the freshly built agent as a
+#                                second archive)
 #   patches/NAME.ko              livepatch-style test patches, built by kbuild
 set -euo pipefail
 
@@ -73,28 +74,7 @@ if ! stamp_ok "$out/tools.stamp" "$tools_hash"; then
   log "guest tools built"
 fi
 
-# 5. Base initramfs.
-busybox=/bin/busybox
-[ -x "$busybox" ] && file_is_static=$(ldd "$busybox" 2>&1 | grep -c 'not a dynamic' || true) || file_is_static=0
-if [ "$file_is_static" != 1 ]; then log "busybox-static is required (scripts/install-deps.sh)"; exit 1; fi
-init_hash=$( (cat "$here/guest/init" "$busybox" "$out/kernel.stamp" "$out/tools.stamp") | sha256sum | cut -c1-16)
-if ! stamp_ok "$out/initramfs.stamp" "$init_hash"; then
-  root=$(mktemp -d)
-  mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,lib/modules,etc,root}
-  cp "$busybox" "$root/bin/busybox"
-  cp "$here/guest/init" "$root/init" && chmod 755 "$root/init"
-  cp "$out"/modules/*.ko "$root/lib/modules/"
-  cp "$out"/tools/* "$root/bin/"
-  (cd "$root" && find . | sort | cpio -o -H newc --quiet -R 0:0 | gzip -9n) > "$out/initramfs-base.cpio.gz.new"
-  mv "$out/initramfs-base.cpio.gz.new" "$out/initramfs-base.cpio.gz"
-  rm -rf "$root"
-  echo "$init_hash" > "$out/initramfs.stamp"
-  log "initramfs built"
-else
-  log "initramfs cached"
-fi
-
-# 6. Patch modules: each images/patches/NAME/ is a kbuild directory producing NAME.ko.
+# 5. Patch modules: each images/patches/NAME/ is a kbuild directory producing NAME.ko.
 mkdir -p "$out/patches"
 for src in "$here"/patches/*/; do
   name=$(basename "$src")
@@ -110,4 +90,27 @@ for src in "$here"/patches/*/; do
   echo "$h" > "$out/patches/$name.stamp"
   log "patch $name built"
 done
+# 6. Base initramfs. It also carries the patch modules (/patches/NAME.ko), so tests can load
+#    them in the guest with insmod, the way upstream livepatch would.
+busybox=/bin/busybox
+[ -x "$busybox" ] && file_is_static=$(ldd "$busybox" 2>&1 | grep -c 'not a dynamic' || true) || file_is_static=0
+if [ "$file_is_static" != 1 ]; then log "busybox-static is required (scripts/install-deps.sh)"; exit 1; fi
+init_hash=$( (cat "$here/guest/init" "$busybox" "$out/kernel.stamp" "$out/tools.stamp" "$out"/patches/*.stamp) | sha256sum | cut -c1-16)
+if ! stamp_ok "$out/initramfs.stamp" "$init_hash"; then
+  root=$(mktemp -d)
+  mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,lib/modules,etc,root}
+  cp "$busybox" "$root/bin/busybox"
+  cp "$here/guest/init" "$root/init" && chmod 755 "$root/init"
+  cp "$out"/modules/*.ko "$root/lib/modules/"
+  cp "$out"/tools/* "$root/bin/"
+  mkdir -p "$root/patches" && cp "$out"/patches/*.ko "$root/patches/"
+  (cd "$root" && find . | sort | cpio -o -H newc --quiet -R 0:0 | gzip -9n) > "$out/initramfs-base.cpio.gz.new"
+  mv "$out/initramfs-base.cpio.gz.new" "$out/initramfs-base.cpio.gz"
+  rm -rf "$root"
+  echo "$init_hash" > "$out/initramfs.stamp"
+  log "initramfs built"
+else
+  log "initramfs cached"
+fi
+
 log "ready in $out (kernel $flavour)"

@@ -111,7 +111,12 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     return FailedPrecondition("patch '" + module.name() + "' is already applied (state " +
                               std::string(PatchStateName(p->state)) + ")");
   }
-  HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module));
+  if (agent_) {
+    // The guest's own view first: a function owned by an in-guest livepatch or by ftrace is
+    // refused naming the owner (without an agent, the entry-site check refuses it unnamed).
+    Status owned = agent_->CheckNotOwned(module.functions());
+    if (!owned.ok() && owned.code() != Code::kUnavailable && owned.code() != Code::kDeadlineExceeded) return owned;
+  }
 
   // The arena: mapped once, shared by all patches.
   const vmm::PagingMode mode = kernel_.KernelPaging();
@@ -250,8 +255,9 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
       result.confirmed = true;
       result.confirmation = "agent";
       (void)agent_->Publish(ledger);
-    } else if (confirmed.ok() || confirmed.status().code() != Code::kUnavailable) {
-      // The guest says the patch is not live: undo it rather than leave a doubt.
+    } else if (confirmed.ok() || confirmed.status().code() == Code::kInvalidArgument) {
+      // The guest says the patch is not live (or answers nonsense): undo it rather than leave
+      // a doubt. An agent that is merely absent or silent leaves `confirmed: false`.
       const std::string why = confirmed.ok() ? "the agent did not see the trampolines" : confirmed.status().message();
       auto reverted = Revert({module.name(), request.retry});
       return FailedPrecondition("confirmation failed (" + why + "); patch '" + module.name() + "' " +

@@ -13,6 +13,7 @@
 #include "base/status.h"
 #include "patcher/commit.h"
 #include "patcher/ledger.h"
+#include "patcher/patch_module.h"
 #include "patcher/symbol_resolver.h"
 #include "vmm/page_walk.h"
 #include "vmm/vm.h"
@@ -33,6 +34,9 @@ class KernelView : public SymbolResolver {
 class GuestConfirmation {
  public:
   virtual ~GuestConfirmation() = default;
+  // kFailedPrecondition when the guest itself owns one of `functions`: an in-guest livepatch
+  // patch (named) or ftrace. kUnavailable when the agent cannot tell.
+  virtual Status CheckNotOwned(std::span<const KlpFunction> functions) = 0;
   // Reads each site from inside the guest; Ok(true) when every one jumps to its new function.
   virtual Result<bool> Confirm(const LedgerPatch& patch) = 0;
   virtual Status Publish(const Ledger& ledger) = 0;

@@ -1,5 +1,7 @@
 #include "vmm/qemu_vm.h"
 
+#include "vmm/qemu_agent_port.h"
+
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -474,6 +476,10 @@ std::string QemuVm::Identity() const {
 
 std::string QemuVm::Describe() const {
   return "QEMU pid " + std::to_string(pid_) + " (qmp:" + qmp_path_ + ")";
+}
+
+Result<std::string> QemuVm::AgentSocket() {
+  return FindPortSocket(*qmp_, "org.hvpatch.agent.0");
 }
 
 }  // namespace hv::vmm

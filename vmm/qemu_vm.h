@@ -51,6 +51,8 @@ class QemuVm final : public Vm {
   Status ForceResume() override;
   // QMP query-status "running".
   Result<bool> Running() override;
+  // Through QOM and query-chardev (vmm/qemu_agent_port.h).
+  Result<std::string> AgentSocket() override;
   Result<std::vector<VcpuState>> VcpuStates() override;
   // Reads guest RAM, and also the arena's BAR. Errors: kInvalidArgument naming the first
   // address outside both; kIo when the host read fails.

@@ -65,6 +65,10 @@ class Vm : public GuestPhysMemory {
   // The arena device, or kNotFound when the VM has none (hint: how to add it).
   virtual Result<ArenaDevice> Arena() = 0;
 
+  // The host end (a unix socket path) of the guest agent's virtio-serial port
+  // org.hvpatch.agent.0, or kNotFound when the VM has no such port.
+  virtual Result<std::string> AgentSocket() { return NotFound("no agent port on " + Describe()); }
+
   // A stable identity for ledgers and locks (e.g. QEMU's UUID, or the socket path).
   virtual std::string Identity() const = 0;
   // Human-readable name for messages.
