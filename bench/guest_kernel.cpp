@@ -116,6 +116,8 @@ int main(int argc, char** argv) {
   row("WalkTasks alone (per commit)", walk);
   std::printf("%-34s %10.2f %18.2f\n", "first Build of the run (cold)", build_wall.front(),
               base > 0 ? build_wall.front() / base : 0);
+  std::printf("  cold phases: vmcoreinfo %.2f, kallsyms %.2f, BTF %.2f, modules %.2f, tasks %.2f ms\n",
+              vmcoreinfo.front(), kallsyms.front(), btf.front(), modules.front(), tasks.front());
   std::printf("goal: Build <= 200 ms: %s\n", Median(build_wall) <= 200 ? "met" : "NOT met");
   return 0;
 }

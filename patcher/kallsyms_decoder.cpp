@@ -131,7 +131,8 @@ Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& 
   }
 
   std::vector<KernelSymbol> out;
-  out.reserve(t.num_syms);
+  // Headroom for the modules' symbols, which join the same table (SymbolTable::AddObjects).
+  out.reserve(t.num_syms + t.num_syms / 8);
   std::string text;
   std::size_t pos = 0;
   for (std::uint32_t i = 0; i < t.num_syms; ++i) {

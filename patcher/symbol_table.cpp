@@ -114,9 +114,16 @@ Status SymbolTable::AddObjects(std::vector<ObjectSymbols> objects) {
     }
     total += objects[i].symbols.size();
   }
-  if (total > std::numeric_limits<std::uint32_t>::max()) return InvalidArgument("too many symbols");
+  if (total >= kNone) return InvalidArgument("too many symbols");
+  bool adopt_first = false;
 
-  symbols_.reserve(total);
+  // The first object's vector becomes the table when it has room for everything (the kallsyms
+  // decoder leaves headroom for the modules): no copy of ~100k symbols.
+  if (symbols_.empty() && !objects.empty() && objects.front().symbols.capacity() >= total) {
+    adopt_first = true;
+  } else {
+    symbols_.reserve(total);
+  }
   for (ObjectSymbols& obj : objects) {
     std::vector<KernelSymbol>& symbols = obj.symbols;
     // Sizes: bounded by the next strictly higher address within the object.
@@ -139,27 +146,45 @@ Status SymbolTable::AddObjects(std::vector<ObjectSymbols> objects) {
       i = j;
     }
     objects_.push_back(Object{obj.module, symbols_.size(), symbols.size()});
-    for (KernelSymbol& s : symbols) {
-      s.module = obj.module;
-      symbols_.push_back(std::move(s));
+    for (KernelSymbol& s : symbols) s.module = obj.module;
+    if (adopt_first) {
+      symbols_ = std::move(symbols);
+      adopt_first = false;
+      continue;
     }
+    for (KernelSymbol& s : symbols) symbols_.push_back(std::move(s));
   }
   Reindex();
   return Status::Ok();
 }
 
 void SymbolTable::Reindex() {
-  // sympos: the occurrence count of a name within its object, in table order.
-  by_name_.clear();
-  by_name_.reserve(symbols_.size());
+  std::size_t slots = 16;
+  while (slots < 2 * symbols_.size()) slots *= 2;
+  name_slots_.assign(slots, kNone);
+  next_same_name_.assign(symbols_.size(), kNone);
+  std::vector<std::uint32_t> last_same_name(symbols_.size(), kNone);  // per chain head
+  const std::hash<std::string_view> hash;
   for (std::uint32_t i = 0; i < symbols_.size(); ++i) {
-    // Objects are contiguous in symbols_, so the previous symbol of this name is either in
-    // the same object (count on) or in an earlier one (start again): O(1), even for a hostile
-    // table of a million identical names.
-    std::vector<std::uint32_t>& same = by_name_[symbols_[i].name];
-    const bool same_object = !same.empty() && symbols_[same.back()].module == symbols_[i].module;
-    symbols_[i].sympos = same_object ? symbols_[same.back()].sympos + 1 : 1;
-    same.push_back(i);
+    const std::string_view name = symbols_[i].name;
+    std::size_t slot = hash(name) & (slots - 1);
+    while (name_slots_[slot] != kNone && symbols_[name_slots_[slot]].name != name) {
+      slot = (slot + 1) & (slots - 1);
+    }
+    // sympos: objects are contiguous in symbols_, so the previous symbol of this name is either
+    // in the same object (count on) or in an earlier one (start again): O(1) per symbol, even
+    // for a hostile table of a million identical names.
+    if (name_slots_[slot] == kNone) {
+      name_slots_[slot] = i;
+      last_same_name[i] = i;
+      symbols_[i].sympos = 1;
+      continue;
+    }
+    const std::uint32_t head = name_slots_[slot];
+    const std::uint32_t prev = last_same_name[head];
+    symbols_[i].sympos = symbols_[prev].module == symbols_[i].module ? symbols_[prev].sympos + 1 : 1;
+    next_same_name_[prev] = i;
+    last_same_name[head] = i;
   }
   by_address_.resize(symbols_.size());
   std::iota(by_address_.begin(), by_address_.end(), 0u);
@@ -167,6 +192,15 @@ void SymbolTable::Reindex() {
     return symbols_[a].address != symbols_[b].address ? symbols_[a].address < symbols_[b].address
                                                       : a < b;
   });
+}
+
+std::uint32_t SymbolTable::FirstNamed(std::string_view name) const {
+  if (name_slots_.empty()) return kNone;
+  const std::size_t mask = name_slots_.size() - 1;
+  for (std::size_t slot = std::hash<std::string_view>()(name) & mask;; slot = (slot + 1) & mask) {
+    const std::uint32_t i = name_slots_[slot];
+    if (i == kNone || symbols_[i].name == name) return i;
+  }
 }
 
 std::vector<std::string> SymbolTable::modules() const {
@@ -186,8 +220,8 @@ std::size_t SymbolTable::CountIn(std::string_view module) const {
 
 std::vector<const KernelSymbol*> SymbolTable::FindAll(std::string_view name) const {
   std::vector<const KernelSymbol*> out;
-  if (auto it = by_name_.find(name); it != by_name_.end()) {
-    for (std::uint32_t i : it->second) out.push_back(&symbols_[i]);
+  for (std::uint32_t i = FirstNamed(name); i != kNone; i = next_same_name_[i]) {
+    out.push_back(&symbols_[i]);
   }
   return out;
 }

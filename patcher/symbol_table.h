@@ -15,7 +15,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "base/status.h"
@@ -75,10 +74,15 @@ class SymbolTable {
   std::vector<KernelSymbol> symbols_;
   std::vector<Object> objects_;
   void Reindex();
+  // Index of the first symbol called `name` (in table order), or kNone.
+  std::uint32_t FirstNamed(std::string_view name) const;
 
-  // Name -> indices into symbols_ in table order (objects in the order added, kallsyms order
-  // within each); the keys view the names held by symbols_, so it is rebuilt after each append.
-  std::unordered_map<std::string_view, std::vector<std::uint32_t>> by_name_;
+  static constexpr std::uint32_t kNone = ~0u;
+  // Name index, flat (two allocations for any number of symbols): an open-addressing table of
+  // each distinct name's first symbol, and per symbol the next one of the same name in table
+  // order (objects in the order added, kallsyms order within each).
+  std::vector<std::uint32_t> name_slots_;
+  std::vector<std::uint32_t> next_same_name_;
   // Indices into symbols_ sorted by address (then index).
   std::vector<std::uint32_t> by_address_;
 };
