@@ -186,6 +186,27 @@ TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
   EXPECT_EQ((*k)->Summary().modules, std::vector<std::string>{"fakemod"});
 }
 
+TEST(GuestKernelTest, FallsBackToSystemMapWithTheKaslrOffset) {
+  FakeGuestKernel g;
+  g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);
+  // Link-time addresses: the image without the KASLR shift; per-cpu values unshifted.
+  std::string map;
+  for (const auto& e : g.expected_symbols()) {
+    const std::uint64_t link = e.value >= kStartKernelMap ? e.value - FakeGuestKernel::kKaslr : e.value;
+    map += Hex(link).substr(2) + " " + e.type + " " + e.name + "\n";
+  }
+  GuestKernelOptions o;
+  o.system_map = map;  // the offset comes from vmcoreinfo's KERNELOFFSET
+  auto k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().symbol_source, "System.map");
+  auto init = (*k)->FindSymbol("", "init_task");
+  ASSERT_THAT(init, IsOk());
+  EXPECT_EQ((*init)->address, g.Symbol("init_task"));
+  EXPECT_EQ((*(*k)->FindSymbol("", "runqueues"))->address, FakeGuestKernel::kPcpuRunqueues);
+  EXPECT_EQ((*k)->initial_tasks().tasks.size(), g.tasks().size() + 2);
+}
+
 TEST(GuestKernelTest, RejectsCyclicProcessList) {
   FakeGuestKernel g;
   // The last process points back at the first one instead of init_task.

@@ -64,6 +64,19 @@ TEST(SymbolTableTest, SizesAreBoundedByTheNextHigherSymbol) {
   EXPECT_THAT(t.FindByAddress(0x10), StatusIs(Code::kNotFound, HasSubstr("0x10")));
 }
 
+TEST(SymbolTableTest, ManyIdenticalNamesStayLinear) {
+  // A hostile guest can give every symbol the same name: sympos must not go quadratic.
+  std::vector<KernelSymbol> v;
+  for (std::uint64_t i = 0; i < 200000; ++i) v.push_back(Sym("same", 0x1000 + i));
+  SymbolTable t;
+  ASSERT_THAT(t.AddObject("", std::move(v)), IsOk());
+  auto last = t.Find("", "same", 200000);
+  ASSERT_THAT(last, IsOk());
+  EXPECT_EQ((*last)->address, 0x1000u + 199999u);
+  EXPECT_EQ((*last)->sympos, 200000u);
+  EXPECT_THAT(t.Find("", "same", 0), StatusIs(Code::kInvalidArgument, HasSubstr("200000 occurrences")));
+}
+
 TEST(SymbolTableTest, ParsesProcKallsymsWithModules) {
   auto t = ParseKallsymsText(
       "0000000000000000 A fixed_percpu_data\n"
