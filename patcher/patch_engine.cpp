@@ -161,7 +161,15 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   record.state = PatchState::kApplying;
   record.applied_at = static_cast<std::int64_t>(std::time(nullptr));
   CommitPlan plan;
-  for (const auto& r : planned.busy) plan.busy.push_back({r.begin, r.end, "old code"});
+  // The stack check names a hit by its range: each range carries the old function it covers,
+  // so "code busy" says which function a blocking task is in.
+  for (const auto& r : planned.busy) {
+    std::string what = "old code";
+    for (const FunctionPlan& f : planned.functions) {
+      if (f.old_va >= r.begin && f.old_va < r.end) what = f.klp.old_name;
+    }
+    plan.busy.push_back({r.begin, r.end, what});
+  }
   for (const FunctionPlan& f : planned.functions) {
     FunctionReport fr{f.klp.old_name, f.klp.object, f.klp.old_sympos, f.old_va, f.entry.site_va, f.new_va,
                       std::string(EntryKindName(f.entry.kind)), ""};
