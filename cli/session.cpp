@@ -1,6 +1,8 @@
 #include "cli/session.h"
 
+#include <limits.h>
 #include <signal.h>
+#include <stdlib.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -28,12 +30,35 @@ patcher::StepHook TestStopHook() {
   };
 }
 
+namespace {
+
+// The domain as a lock name: a QMP socket by its real path, so two spellings of one path meet.
+std::string DomainLockName(const GlobalOptions& options, const std::string& domain) {
+  if (domain.rfind("qmp:", 0) == 0) {
+    char real[PATH_MAX];
+    const std::string path = domain.substr(4);
+    return "domain-qmp:" + std::string(realpath(path.c_str(), real) ? real : path.c_str());
+  }
+  return "domain-" + options.uri + ":" + domain;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const std::string& domain,
                                              bool exclusive) {
   auto s = std::make_unique<Session>();
   s->domain = domain;
-  HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain));
   const std::string dir = StateDir(options.state_dir);
+  if (exclusive) {
+    // Before connecting: QEMU serves one QMP client at a time and leaves the next connection
+    // waiting without a greeting, so a second hvpatch would time out in the QMP handshake
+    // (ignoring --lock-wait-ms, never naming the holder) instead of waiting here.
+    HV_ASSIGN_OR_RETURN(VmLock lock,
+                        VmLock::Acquire(dir + "/" + StateFileStem(DomainLockName(options, domain)) + ".lock",
+                                        domain, std::chrono::milliseconds(options.lock_wait_ms)));
+    s->domain_lock.emplace(std::move(lock));
+  }
+  HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain));
   const std::string stem = StateFileStem(s->vm->Identity());
   if (exclusive) {
     HV_ASSIGN_OR_RETURN(VmLock lock, VmLock::Acquire(dir + "/" + stem + ".lock", domain,

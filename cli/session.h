@@ -20,8 +20,11 @@
 namespace hv::cli {
 
 struct Session {
-  std::unique_ptr<vmm::Vm> vm;
+  // Declared first, so released last: after the VM connection (QMP, gdbstub) is closed, so the
+  // next hvpatch never finds the lock free and QEMU's one QMP client slot still taken.
+  std::optional<VmLock> domain_lock;  // taken before connecting (see OpenSession)
   std::optional<VmLock> lock;
+  std::unique_ptr<vmm::Vm> vm;
   std::unique_ptr<patcher::GuestKernel> kernel;
   std::unique_ptr<patcher::GuestKernelView> view;
   std::unique_ptr<LedgerFile> ledger;
