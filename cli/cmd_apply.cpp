@@ -4,6 +4,7 @@
 #include "cli/command.h"
 #include "cli/render.h"
 #include "cli/session.h"
+#include "patcher/patch_module.h"
 
 namespace hv::cli {
 
@@ -13,6 +14,10 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   if (args.size() != 2) return UsageError(command, "expected DOMAIN and PATCH.ko");
   auto bytes = ReadPatchFile(args[1]);
   if (!bytes.ok()) return ReportError(o, bytes.status());
+  // A malformed module is refused before anything connects to the VM.
+  if (auto module = patcher::LoadPatchModule(*bytes, args[1]); !module.ok()) {
+    return ReportError(o, module.status());
+  }
   auto session = OpenSession(o, args[0], true);
   if (!session.ok()) return ReportError(o, session.status());
   patcher::ApplyRequest req;

@@ -19,13 +19,14 @@ void PrintHelp(FILE* out) {
                "\n"
                "DOMAIN:\n"
                "  qmp:PATH               a QEMU QMP unix socket\n"
+               "  (libvirt domain names and vmm:PATH are planned, not supported yet)\n"
                "\n"
                "Commands:\n");
   for (const auto& c : hv::cli::Commands()) std::fprintf(out, "  %-34s %s\n", c.usage, c.summary);
   std::fprintf(out,
                "\n"
                "Options:\n"
-               "  -c, --connect URI      libvirt URI (default qemu:///system)\n"
+               "  -c, --connect URI      libvirt URI for domain names (default qemu:///system)\n"
                "  --json                 print one JSON object (errors too)\n"
                "  --state-dir DIR        ledgers and locks (default /var/lib/hvpatch,\n"
                "                         or $HVPATCH_STATE_DIR)\n"
