@@ -1,5 +1,7 @@
 #include "guest-agent/agent_client.h"
 
+#include "base/unix_socket.h"
+
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -48,28 +50,7 @@ void AgentClient::Close() {
 
 Status AgentClient::Open() {
   Close();
-  struct sockaddr_un addr = {};
-  addr.sun_family = AF_UNIX;
-  if (path_.empty() || path_.size() >= sizeof(addr.sun_path)) {
-    return InvalidArgument("socket path of " + std::to_string(path_.size()) + " bytes");
-  }
-  std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return ErrnoError("socket", errno);
-  // A unix connect fails with EAGAIN only while the listener's backlog is full (another client
-  // holds QEMU's chardev); retry briefly.
-  const Deadline deadline = Deadline::In(options_.connect_timeout_ms);
-  while (connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) < 0) {
-    const int err = errno;
-    if (err == EINTR) continue;
-    if (err == EAGAIN && !deadline.expired()) {
-      usleep(20 * 1000);
-      continue;
-    }
-    close(fd);
-    return Unavailable(std::string("cannot connect: ") + std::strerror(err));
-  }
-  fd_ = fd;
+  HV_ASSIGN_OR_RETURN(fd_, ConnectUnixSocket(path_, options_.connect_timeout_ms, /*nonblocking=*/true));
   return Status::Ok();
 }
 

@@ -1,5 +1,7 @@
 #include "qmp/qmp_client.h"
 
+#include "base/unix_socket.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -33,19 +35,9 @@ Code CodeForQmpClass(std::string_view error_class) {
 
 Result<std::unique_ptr<QmpClient>> QmpClient::Connect(const std::string& path,
                                                       const QmpOptions& options) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return InvalidArgument("QMP socket path '" + path + "' is too long");
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ErrnoError("socket", errno);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    close(fd);
-    return Status(Code::kUnavailable, "connecting to QMP socket '" + path + "': " + std::strerror(err));
-  }
+  auto connected = ConnectUnixSocket(path, options.timeout_ms);
+  if (!connected.ok()) return connected.status().WithContext("connecting to QMP socket '" + path + "'");
+  const int fd = *connected;
   std::unique_ptr<QmpClient> c(new QmpClient(fd, path, options));
   const auto deadline = DeadlineAfter(options.timeout_ms);
   for (;;) {

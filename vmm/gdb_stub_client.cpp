@@ -1,5 +1,7 @@
 #include "vmm/gdb_stub_client.h"
 
+#include "base/unix_socket.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -29,20 +31,9 @@ int RemainingMs(Clock::time_point deadline) {
 
 Result<std::unique_ptr<GdbStubClient>> GdbStubClient::Connect(const std::string& path,
                                                               int timeout_ms, int attach_wait_ms) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return InvalidArgument("gdbstub socket path '" + path + "' is too long");
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ErrnoError("socket", errno);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    close(fd);
-    return Status(Code::kUnavailable,
-                  "connecting to gdbstub socket '" + path + "': " + std::strerror(err));
-  }
+  auto connected = ConnectUnixSocket(path, timeout_ms);
+  if (!connected.ok()) return connected.status().WithContext("connecting to gdbstub socket '" + path + "'");
+  const int fd = *connected;
   std::unique_ptr<GdbStubClient> c(new GdbStubClient(fd, path, timeout_ms));
   // Wait for the attach stop reply before sending anything: a command sent first would get
   // its reply after the stop reply, and our two acks would then race the next `cont`.

@@ -1,5 +1,7 @@
 #include "tests/harness/test_vm.h"
 
+#include "base/unix_socket.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -232,21 +234,15 @@ Status TestVm::Boot(const TestVmOptions& o) {
 
 Status TestVm::ConnectCommandChannel(int timeout_ms) {
   const std::string path = dir_ + "/cmd.sock";
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return InvalidArgument("socket path too long '" + path + "'");
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  // QEMU creates the socket at startup, before the guest is ready: retry until it is there.
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   while (true) {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return ErrnoError("socket", errno);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      cmd_fd_ = fd;
+    auto fd = ConnectUnixSocket(path, 1000);
+    if (fd.ok()) {
+      cmd_fd_ = *fd;
       return Status::Ok();
     }
-    int err = errno;
-    close(fd);
-    if (Clock::now() > deadline) return ErrnoError("connecting to '" + path + "'", err);
+    if (Clock::now() > deadline) return fd.status().WithContext("connecting to '" + path + "'");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
