@@ -155,6 +155,11 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
     if (!layout.ok()) return layout.status().WithContext("walking tasks");
     Result<TaskAnchors> anchors = TaskAnchors::FromSymbols(k->symbols_);
     if (!anchors.ok()) return anchors.status().WithContext("walking tasks");
+    // nr_cpu_ids for the summary even when the walk is skipped (a running guest).
+    if (Result<std::uint32_t> n = kmem.ReadU32(anchors->nr_cpu_ids);
+        n.ok() && *n > 0 && *n <= TaskWalker::kMaxCpus) {
+      k->nr_cpus_ = static_cast<int>(*n);
+    }
     k->walker_.emplace(std::move(*layout), std::move(*anchors));
     if (options.walk_tasks) {
       Result<TaskSnapshot> snap = k->walker_->Walk(kmem);
@@ -290,7 +295,7 @@ GuestKernelSummary GuestKernel::Summary() const {
   s.vmlinux_symbols = symbols_.CountIn("");
   s.symbol_source = symbol_source_;
   s.modules = symbols_.modules();
-  s.cpus = static_cast<int>(initial_tasks_.cpus.size());
+  s.cpus = initial_tasks_.cpus.empty() ? nr_cpus_ : static_cast<int>(initial_tasks_.cpus.size());
   s.tasks = initial_tasks_.tasks.size();
   s.vmcoreinfo_gpa = vmcoreinfo_.found_at();
   s.thread_size = walker_ ? walker_->layout().thread_size : 0;

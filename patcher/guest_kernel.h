@@ -53,7 +53,7 @@ struct GuestKernelSummary {
   std::size_t vmlinux_symbols = 0;
   std::string symbol_source;        // "guest memory (kallsyms)", "agent kallsyms", "System.map"
   std::vector<std::string> modules;
-  int cpus = 0;                     // nr_cpu_ids
+  int cpus = 0;                     // nr_cpu_ids (read even when the task walk is skipped)
   std::size_t tasks = 0;            // from the build's walk (0 if skipped)
   std::uint64_t vmcoreinfo_gpa = 0;
   std::uint64_t thread_size = 0;
@@ -129,6 +129,7 @@ class GuestKernel : public SymbolResolver {
   std::optional<TaskWalker> walker_;
   TaskSnapshot initial_tasks_;
   std::uint64_t per_cpu_end_ = 0;
+  int nr_cpus_ = 0;
   GuestKernelTimings timings_;
 };
 

@@ -40,6 +40,17 @@ TEST(GuestKernelTest, ReadsIdentityFromMemoryAlone) {
   EXPECT_EQ(s.symbols, g.expected_symbols().size() + 4);  // fakemod: fake_fn, fake_helper, dup x2
 }
 
+TEST(GuestKernelTest, SummaryCountsCpusWithoutTheTaskWalk) {
+  FakeGuestKernel g;
+  GuestKernelOptions o;
+  o.walk_tasks = false;  // as `hvpatch info` does on a running guest
+  auto k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().cpus, 2);
+  EXPECT_EQ((*k)->Summary().tasks, 0u);
+  EXPECT_TRUE((*k)->initial_tasks().tasks.empty());
+}
+
 TEST(GuestKernelTest, DecodesEveryVmlinuxSymbolInKallsymsOrder) {
   FakeGuestKernel g;
   auto k = BuildFrom(g);
