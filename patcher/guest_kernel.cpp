@@ -239,6 +239,21 @@ Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysM
     std::uint64_t sp = vcpu.rsp;
     const StackRange* r = range_of(sp);
     if (!r) {
+      // Mid context switch, RSP is already on the next task's stack while current_task still
+      // names the previous one: scan that stack from RSP too.
+      for (const GuestTask& t : snap.tasks) {
+        if (t.stack_base && sp >= t.stack_base && sp < t.stack_base + t.stack_size) {
+          StackRegion reg = base;
+          reg.pid = t.pid;
+          reg.tid = t.tid;
+          reg.comm = t.comm;
+          reg.begin = sp & ~7ull;
+          reg.end = t.stack_base + t.stack_size;
+          reg.kind = "vCPU " + std::to_string(vcpu.index) + " switching task";
+          out.push_back(std::move(reg));
+          break;
+        }
+      }
       for (const StackRange& whole : view.stacks) {
         if (whole.kind == "task" || whole.kind == "irq") {
           StackRegion reg = base;
@@ -278,7 +293,10 @@ Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysM
     reg.tid = t.tid;
     reg.comm = t.comm;
     const std::uint64_t end = t.stack_base + t.stack_size;
-    reg.begin = t.saved_sp >= t.stack_base && t.saved_sp < end ? t.saved_sp : t.stack_base;
+    // thread.sp is only written when a task leaves a CPU: a task marked on_cpu that no vCPU
+    // shows as current is being switched in or out, and frames below its saved SP may be live.
+    const bool saved_sp_valid = !t.on_cpu && t.saved_sp >= t.stack_base && t.saved_sp < end;
+    reg.begin = saved_sp_valid ? t.saved_sp : t.stack_base;
     reg.end = end;
     reg.kind = t.idle ? "idle task stack" : "task stack";
     out.push_back(std::move(reg));

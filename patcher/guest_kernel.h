@@ -109,8 +109,10 @@ class GuestKernel : public SymbolResolver {
   //    hardware frame at its top, is followed (at most 4 hops). If RSP is on no known stack,
   //    its task stack and IRQ stack are scanned whole. A vCPU in user mode has no live kernel
   //    frames: its task's stack is skipped.
+  //    If RSP is on another task's stack (mid context switch), that stack is scanned from RSP.
   //  - every other thread and idle task: from its saved SP (thread.sp) to the top of its stack,
-  //    or the whole stack if the saved SP is outside it.
+  //    or the whole stack if the saved SP is outside it or the task is marked on_cpu (being
+  //    switched: frames below the saved SP may be live).
   Result<std::vector<StackRegion>> StackRegions(const vmm::GuestPhysMemory& mem,
                                                 std::span<const vmm::VcpuState> vcpus) const;
 

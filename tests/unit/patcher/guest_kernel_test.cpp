@@ -179,6 +179,36 @@ TEST(GuestKernelTest, StackRegionsCoverVcpusAndSleepingTasks) {
   EXPECT_EQ(sleeping, 4);  // kthreadd, threads and its two workers
 }
 
+TEST(GuestKernelTest, StackRegionsAreConservativeDuringAContextSwitch) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  // kthreadd is being switched in on vCPU 0: on_cpu set, RSP already on its stack while
+  // current_task still names swapper/0.
+  const std::uint64_t kthreadd = g.tasks()[1].va;
+  g.Write32(kthreadd + FakeGuestKernel::kTaskOnCpu, 1);
+  const std::uint64_t stack = g.mem().Read64(g.Pa(kthreadd + FakeGuestKernel::kTaskStack));
+  auto vcpus = g.vcpus();
+  vcpus[0].rsp = stack + 0x1000;
+  auto regions = (*k)->StackRegions(g.mem(), vcpus);
+  ASSERT_THAT(regions, IsOk());
+  bool switching = false, whole = false;
+  for (const StackRegion& r : *regions) {
+    if (r.comm != "kthreadd") continue;
+    if (r.kind == "vCPU 0 switching task") {
+      switching = true;
+      EXPECT_EQ(r.begin, stack + 0x1000);
+    }
+    if (r.kind == "task stack") {
+      whole = true;
+      EXPECT_EQ(r.begin, stack);  // not from its stale saved SP
+      EXPECT_EQ(r.end, stack + FakeGuestKernel::kThreadSize);
+    }
+  }
+  EXPECT_TRUE(switching);
+  EXPECT_TRUE(whole);
+}
+
 TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
   FakeGuestKernel g;
   g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);  // absurd count
