@@ -58,7 +58,7 @@ Result<Ledger> PatchEngine::LoadLedger() {
   return ledger;
 }
 
-Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode,
+Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t bar_gpa,
                                                  std::uint64_t* pmd_entry_gpa) {
   // Walk to the PMD table of the kernel-image window (PGD[511] -> PUD[510] on 4-level paging).
   std::uint64_t table = mode.cr3 & vmm::pte::kAddrMask;
@@ -76,6 +76,20 @@ Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode,
   }
   std::vector<std::uint8_t> pmd(4096);
   HV_RETURN_IF_ERROR(vm_.ReadPhys(table, pmd).WithContext("reading the kernel-image PMD table"));
+  // The device already mapped (through its PTE table in the BAR's first page, or as one huge
+  // page) means a ledger we do not hold: another state directory, or a lost one. Its patches may
+  // be live, and a fresh layout would rewrite their code and page table under them.
+  for (std::uint64_t i = 0; i < 512; ++i) {
+    std::uint64_t e;
+    std::memcpy(&e, pmd.data() + i * 8, 8);
+    if ((e & vmm::pte::kPresent) && (e & vmm::pte::kAddrMask & ~(kSlot - 1)) == bar_gpa) {
+      return FailedPrecondition("the arena device (BAR " + Hex(bar_gpa) + ") is already mapped at " +
+                                Hex(kKernelImageBase + i * kSlot) + ", but the ledger '" + store_.Describe() +
+                                "' has no record of it")
+          .WithHint("another hvpatch state directory holds this VM's patches (use its --state-dir); "
+                    "applying from here would overwrite them. A reboot of the guest clears the mapping");
+    }
+  }
   const std::uint64_t end = kernel_.ImageEnd();
   if (end <= kKernelImageBase) return Internal("kernel image end " + Hex(end) + " below the window");
   // One empty slot as a guard after the image, then the first free one.
@@ -140,7 +154,7 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   } else {
     HV_ASSIGN_OR_RETURN(vmm::ArenaDevice dev, vm_.Arena());
     std::uint64_t pmd_gpa = 0;
-    HV_ASSIGN_OR_RETURN(std::uint64_t slot, FindArenaSlot(mode, &pmd_gpa));
+    HV_ASSIGN_OR_RETURN(std::uint64_t slot, FindArenaSlot(mode, dev.bar_gpa, &pmd_gpa));
     HV_ASSIGN_OR_RETURN(ArenaLayout l, ArenaLayout::Create(slot, dev.bar_gpa, std::min(dev.size, kSlot)));
     layout = std::move(l);
     mapping = {true, slot, dev.bar_gpa, layout->size(), pmd_gpa, layout->PmdEntry(), ""};

@@ -114,7 +114,10 @@ class PatchEngine {
 
  private:
   Result<Ledger> LoadLedger();
-  Result<std::uint64_t> FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t* pmd_entry_gpa);
+  // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
+  // mapped in the window (a ledger this engine does not hold), kUnavailable when none is free.
+  Result<std::uint64_t> FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t bar_gpa,
+                                      std::uint64_t* pmd_entry_gpa);
   Result<std::vector<std::uint8_t>> ReadKernel(std::uint64_t va, std::size_t n);
   Result<CommitReport> CommitWithLedger(Ledger& ledger, const CommitPlan& plan, const RetryPolicy& retry);
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
