@@ -2,9 +2,11 @@
 // operator runs it, applies, reverts and recovers livepatch modules built by kbuild
 // (images/patches) in one guest booted for the whole suite (with its agent).
 //
-// Every test has its own state directory (ledger and locks) and leaves the guest as it found it:
-// TearDown reverts whatever the ledger still holds, top patch first, and checks that
-// /proc/cmdline and /proc/version print what they printed at boot. What the guest prints is the
+// The ledger belongs to the VM, so the suite keeps one state directory (ledger and locks) for its
+// one guest: a second ledger for a VM whose arena is mapped is refused (see
+// SecondLedgerRefusedWhileTheArenaIsMapped). Each test has its own scratch directory and leaves
+// the guest as it found it: TearDown reverts whatever the ledger still holds, top patch first,
+// and checks that /proc/cmdline and /proc/version print what they printed at boot. What the guest prints is the
 // proof: each test patch replaces a function whose output the guest shows (see the .c files).
 //
 // "Untouched" is checked from the host, independently of hvpatch: the entry bytes of the target
@@ -89,6 +91,9 @@ class PatchIntegrationTest : public ::testing::Test {
     boot_version_ = *version;
     ASSERT_THAT(boot_cmdline_, HasSubstr("console="));
     ASSERT_THAT(boot_version_, StartsWith("Linux version "));
+    char tmpl[] = "/tmp/hvpatch-patch-state-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    state_dir_ = tmpl;
   }
   static void TearDownTestSuite() {
     if (guest_) {
@@ -96,13 +101,15 @@ class PatchIntegrationTest : public ::testing::Test {
     }
     delete guest_;
     guest_ = nullptr;
+    std::error_code ec;
+    if (!state_dir_.empty()) fs::remove_all(state_dir_, ec);
   }
 
   void SetUp() override {
     ASSERT_NE(guest_, nullptr) << "the guest did not boot";
     char tmpl[] = "/tmp/hvpatch-patch-test-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
-    state_dir_ = tmpl;
+    scratch_dir_ = tmpl;
   }
 
   void TearDown() override {
@@ -124,22 +131,24 @@ class PatchIntegrationTest : public ::testing::Test {
     EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_) << "the guest was left patched";
     EXPECT_EQ(Guest("cat /proc/version"), boot_version_) << "the guest was left patched";
     std::error_code ec;
-    fs::remove_all(state_dir_, ec);
+    fs::remove_all(scratch_dir_, ec);
   }
 
   static std::string Domain() { return guest_->qmp_target(); }
   static std::string Patch(const std::string& name) { return testing::PatchModule(name); }
 
-  std::vector<std::string> WithState(const std::vector<std::string>& args) const {
+  static std::vector<std::string> WithState(const std::vector<std::string>& args) {
     std::vector<std::string> a = {"--state-dir", state_dir_};
     a.insert(a.end(), args.begin(), args.end());
     return a;
   }
 
-  // Starts hvpatch in the background (global options first, as on the command line).
+  // Starts hvpatch in the background (global options first, as on the command line), with the
+  // suite's state directory unless `args` names one.
   HvpatchProcess& Start(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
-    const std::string log = state_dir_ + "/run-" + std::to_string(++runs_);
-    processes_.push_back(std::make_unique<HvpatchProcess>(WithState(args), env, log));
+    const std::string log = scratch_dir_ + "/run-" + std::to_string(++runs_);
+    const bool own_state = std::find(args.begin(), args.end(), "--state-dir") != args.end();
+    processes_.push_back(std::make_unique<HvpatchProcess>(own_state ? args : WithState(args), env, log));
     return *processes_.back();
   }
 
@@ -161,7 +170,8 @@ class PatchIntegrationTest : public ::testing::Test {
   }
 
   static std::uint64_t KallsymsAddress(const std::string& name) {
-    const std::string line = Guest("grep ' " + name + "$' /proc/kallsyms | head -1");
+    // Module symbols carry a "\t[module]" column: match the name column exactly.
+    const std::string line = Guest("awk '$3 == \"" + name + "\" { print $1; exit }' /proc/kallsyms");
     return std::strtoull(line.c_str(), nullptr, 16);
   }
 
@@ -264,7 +274,8 @@ class PatchIntegrationTest : public ::testing::Test {
 
   static TestVm* guest_;
   static std::string boot_cmdline_, boot_version_;
-  std::string state_dir_;
+  static std::string state_dir_;  // the VM's ledger and locks, for the whole suite
+  std::string scratch_dir_;       // this test's files and hvpatch output
   int runs_ = 0;
   std::vector<std::unique_ptr<HvpatchProcess>> processes_;
 };
@@ -272,6 +283,7 @@ class PatchIntegrationTest : public ::testing::Test {
 TestVm* PatchIntegrationTest::guest_ = nullptr;
 std::string PatchIntegrationTest::boot_cmdline_;
 std::string PatchIntegrationTest::boot_version_;
+std::string PatchIntegrationTest::state_dir_;
 
 // 1. The sample patch applies, the guest shows its text, revert restores the command line.
 TEST_F(PatchIntegrationTest, SampleAppliesAndRevertRestores) {
@@ -509,7 +521,7 @@ TEST_F(PatchIntegrationTest, MalformedModulesGetOneLineAndExit1) {
   const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   ASSERT_GT(good.size(), 4096u);
   auto write = [&](const std::string& name, const std::string& bytes) {
-    const std::string path = state_dir_ + "/" + name;
+    const std::string path = scratch_dir_ + "/" + name;
     std::ofstream(path, std::ios::binary) << bytes;
     return path;
   };
@@ -562,7 +574,7 @@ TEST_F(PatchIntegrationTest, MalformedModulesGetOneLineAndExit1) {
     Figure("malformed " + c.file + ": " + Trim(r.err));
   }
   // --json: the same error as one object on stdout.
-  HvpatchRun r = Hv({"--json", "apply", Domain(), state_dir_ + "/random.ko"});
+  HvpatchRun r = Hv({"--json", "apply", Domain(), scratch_dir_ + "/random.ko"});
   EXPECT_EQ(r.exit_code, 1) << Describe(r);
   json j = ParseJson(r.out);
   ASSERT_TRUE(j.is_object()) << r.out;
@@ -571,6 +583,25 @@ TEST_F(PatchIntegrationTest, MalformedModulesGetOneLineAndExit1) {
 
   EXPECT_TRUE(ListedNames().empty());
   EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+}
+
+// A second ledger for one VM (another --state-dir, or a lost ledger) must not lay out the arena
+// again: that would overwrite the live patches' code and page table. Refused, guest unchanged.
+TEST_F(PatchIntegrationTest, SecondLedgerRefusedWhileTheArenaIsMapped) {
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  const std::string other = scratch_dir_ + "/other-state";
+  const std::uint64_t entry = KallsymsAddress("port_debugfs_show");
+  ASSERT_GE(entry, 0xffffffffc0000000ull);
+  const std::vector<std::uint8_t> before = KernelBytes(entry, 5);
+  HvpatchRun b = Hv({"--state-dir", other, "apply", Domain(), Patch("hvp_virtio")});
+  EXPECT_EQ(b.exit_code, 1) << Describe(b);
+  EXPECT_THAT(b.err, HasSubstr(") is already mapped at 0xffffffff"));
+  EXPECT_THAT(b.err, HasSubstr("but the ledger '" + other + "/"));
+  EXPECT_THAT(b.err, HasSubstr("hint: another hvpatch state directory holds this VM's patches"));
+  EXPECT_EQ(KernelBytes(entry, 5), before);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText) << "the live patch was disturbed";
+  EXPECT_EQ(ListedNames(), std::vector<std::string>{"hvp_sample"});
 }
 
 // 9. kill -9 at each step of an apply (the HVPATCH_TEST_STOP_AT hook stops hvpatch there): the
