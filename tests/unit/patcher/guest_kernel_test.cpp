@@ -179,6 +179,25 @@ TEST(GuestKernelTest, StackRegionsCoverVcpusAndSleepingTasks) {
   EXPECT_EQ(sleeping, 4);  // kthreadd, threads and its two workers
 }
 
+TEST(GuestKernelTest, StackSourceAdapterRewalksEachTime) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  GuestKernelStacks stacks(**k, g.mem());
+  const auto vcpus = g.vcpus();
+  auto first = stacks.Collect(vcpus);
+  ASSERT_THAT(first, IsOk());
+  // A thread exits between two pauses (unlinked from its thread list): the next collection
+  // no longer scans it.
+  const auto& t = g.tasks();
+  g.Write64(t[t.size() - 2].va + FakeGuestKernel::kTaskThreadNode,
+            g.mem().Read64(g.Pa(t.back().va + FakeGuestKernel::kTaskThreadNode)));
+  auto second = stacks.Collect(vcpus);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(second->size() + 1, first->size());
+  for (const StackRegion& r : *second) EXPECT_NE(r.comm, "worker-2");
+}
+
 TEST(GuestKernelTest, StackRegionsAreConservativeDuringAContextSwitch) {
   FakeGuestKernel g;
   auto k = BuildFrom(g);
