@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <set>
 
 #include "base/hex.h"
 #include "patcher/arena_layout.h"
@@ -228,10 +229,25 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
       plan.phys_writes.push_back({w.gpa, w.bytes, what});
     }
   }
+  // Every page of the new runs gets its PTE written, not only those the plan sees change: a
+  // retired page is assumed mapped, but one retired by the recovery of an apply killed before
+  // its page-table writes never was ("PTE not present" on the code write). Rewriting the value
+  // a present PTE already holds keeps the arena's TLB rule (a PTE never changes once present).
+  std::set<std::uint32_t> pte_written;
   for (const PteWrite& w : planned.pte_writes) {
     std::vector<std::uint8_t> e(8);
     std::memcpy(e.data(), &w.value, 8);
     plan.phys_writes.push_back({w.gpa, e, "arena PTE " + std::to_string(w.page)});
+    pte_written.insert(w.page);
+  }
+  for (const ArenaAllocation& a : planned.allocations) {
+    for (std::uint32_t page = a.first_page; page < a.first_page + a.pages; ++page) {
+      if (!pte_written.insert(page).second) continue;
+      const std::uint64_t value = planned.arena_after.PteValue(page);
+      std::vector<std::uint8_t> e(8);
+      std::memcpy(e.data(), &value, 8);
+      plan.phys_writes.push_back({layout->Gpa(std::uint64_t{page} * 8), e, "arena PTE " + std::to_string(page)});
+    }
   }
   if (map_now) {
     // The whole PTE table first: a slot mapped for the first time must not expose stale bytes.
