@@ -49,14 +49,19 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   auto s = std::make_unique<Session>();
   s->domain = domain;
   const std::string dir = StateDir(options.state_dir);
-  if (exclusive) {
+  {
     // Before connecting: QEMU serves one QMP client at a time and leaves the next connection
     // waiting without a greeting, so a second hvpatch would time out in the QMP handshake
-    // (ignoring --lock-wait-ms, never naming the holder) instead of waiting here.
-    HV_ASSIGN_OR_RETURN(VmLock lock,
-                        VmLock::Acquire(dir + "/" + StateFileStem(DomainLockName(options, domain)) + ".lock",
-                                        domain, std::chrono::milliseconds(options.lock_wait_ms)));
-    s->domain_lock.emplace(std::move(lock));
+    // (ignoring --lock-wait-ms, never naming the holder) instead of waiting here. Read-only
+    // commands (info) wait too, but run without the lock where the state directory is not
+    // writable for them.
+    auto lock = VmLock::Acquire(dir + "/" + StateFileStem(DomainLockName(options, domain)) + ".lock", domain,
+                                std::chrono::milliseconds(options.lock_wait_ms));
+    if (lock.ok()) {
+      s->domain_lock.emplace(std::move(*lock));
+    } else if (exclusive || lock.status().code() == Code::kBusy) {
+      return lock.status();
+    }
   }
   HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain));
   const std::string stem = StateFileStem(s->vm->Identity());
