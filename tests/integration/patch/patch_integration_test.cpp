@@ -35,6 +35,7 @@
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 #include "vmm/page_walk.h"
+#include "vmm/qemu_vm.h"
 #include "vmm/vm.h"
 
 namespace hv {
@@ -204,6 +205,24 @@ class PatchIntegrationTest : public ::testing::Test {
     }
     ADD_FAILURE() << "could not read kernel text at " << std::hex << va;
     return {};
+  }
+
+  // A QMP command on our own connection, as an operator would send it (e.g. "stop").
+  static void Qmp(const std::string& command) {
+    auto vm = vmm::Open(Domain());
+    ASSERT_THAT(vm, IsOk());
+    auto* qemu = dynamic_cast<vmm::QemuVm*>(vm->get());
+    ASSERT_NE(qemu, nullptr);
+    ASSERT_THAT(qemu->qmp().Execute(command), IsOk());
+  }
+
+  // QMP's run state, through `hvpatch info` (no agent: a paused guest cannot answer it).
+  bool Running() {
+    HvpatchRun info = Hv({"--json", "--no-agent", "info", Domain()});
+    EXPECT_EQ(info.exit_code, 0) << Describe(info);
+    json j = ParseJson(info.out);
+    EXPECT_TRUE(j.is_object() && j["running"].is_boolean()) << info.out;
+    return j.is_object() && j["running"] == true;
   }
 
   json ListJson() {
@@ -604,6 +623,54 @@ TEST_F(PatchIntegrationTest, SecondLedgerRefusedWhileTheArenaIsMapped) {
   EXPECT_EQ(ListedNames(), std::vector<std::string>{"hvp_sample"});
 }
 
+// A function the guest traces with ftrace has a call at its entry: refused, saying so.
+TEST_F(PatchIntegrationTest, FunctionTracedInTheGuestIsRefused) {
+  const std::uint64_t entry = KallsymsAddress("cmdline_proc_show");
+  ASSERT_EQ(KernelBytes(entry, 5), kFtraceNop);
+  Guest("cd /sys/kernel/tracing && echo cmdline_proc_show > set_ftrace_filter && echo function > current_tracer");
+  struct Untrace {
+    ~Untrace() { Guest("cd /sys/kernel/tracing && echo nop > current_tracer && echo > set_ftrace_filter"); }
+  } untrace;
+  const std::vector<std::uint8_t> traced = KernelBytes(entry, 5);
+  ASSERT_EQ(traced.size(), 5u);
+  EXPECT_EQ(traced[0], 0xe8) << "ftrace did not put its call at the entry";
+  HvpatchRun r = Hv({"apply", Domain(), Patch("hvp_sample")});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("cmdline_proc_show"));
+  EXPECT_THAT(r.err, HasSubstr("ftrace"));
+  Figure("traced: " + Trim(r.err));
+  EXPECT_EQ(KernelBytes(entry, 5), traced) << "the guest was touched";
+  EXPECT_TRUE(ListedNames().empty());
+}
+
+// The operator's pause belongs to the operator: hvpatch works on a paused VM and leaves it
+// paused, and the recovery after a kill -9 does not resume it either.
+TEST_F(PatchIntegrationTest, OperatorPausedVmStaysPaused) {
+  Qmp("stop");
+  struct Cont {
+    ~Cont() { Qmp("cont"); }
+  } cont;
+  ASSERT_FALSE(Running());
+  HvpatchRun a = Hv({"--no-agent", "apply", Domain(), Patch("hvp_sample")});
+  EXPECT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_FALSE(Running()) << "apply resumed a VM the operator had paused";
+
+  HvpatchProcess& p = Start({"--no-agent", "apply", Domain(), Patch("hvp_two")}, {"HVPATCH_TEST_STOP_AT=checked"});
+  ASSERT_TRUE(p.WaitStopped(120)) << Describe(p.Result());
+  p.Kill9();
+  HvpatchRun l = Hv({"--no-agent", "--json", "list", Domain()});
+  EXPECT_EQ(l.exit_code, 0) << Describe(l);
+  json j = ParseJson(l.out);
+  ASSERT_TRUE(j.is_object()) << l.out;
+  EXPECT_EQ(j["recovered"], json::array({"recovered patch 'hvp_two' interrupted while applying: fully reverted"}));
+  ASSERT_EQ(j["patches"].size(), 1u);
+  EXPECT_EQ(j["patches"][0]["name"], "hvp_sample");
+  EXPECT_FALSE(Running()) << "recovery resumed a VM the operator had paused";
+
+  Qmp("cont");
+  EXPECT_EQ(Guest("cat /proc/cmdline /proc/version"), kSampleText + boot_version_);
+}
+
 // 9. kill -9 at each step of an apply (the HVPATCH_TEST_STOP_AT hook stops hvpatch there): the
 // next run recovers to fully applied or fully reverted and says which, resumes a VM the dead
 // process left paused, and the guest matches the ledger.
@@ -725,6 +792,23 @@ TEST_F(PatchIntegrationTest, KillDuringRevert) {
   }
 }
 
+// An apply killed before its page-table writes leaves, after recovery, arena pages the ledger
+// calls retired (mapped) that the guest never mapped. The next apply that gets them must map
+// them. Five patches first push the allocation past any page an earlier test mapped.
+TEST_F(PatchIntegrationTest, ApplyAfterRecoveredKillBeforePageTableWrites) {
+  for (const char* name : {"hvp_virtio", "hvp_stack_a", "hvp_stack_b", "hvp_nonexported", "hvp_sample"}) {
+    HvpatchRun r = Hv({"apply", Domain(), Patch(name)});
+    ASSERT_EQ(r.exit_code, 0) << name << ": " << Describe(r);
+  }
+  Outcome o = KillAt({"apply", Domain(), Patch("hvp_two")}, "checked");
+  ASSERT_TRUE(o.stopped);
+  EXPECT_EQ(o.recovered, (std::vector<std::string>{
+                             "recovered patch 'hvp_two' interrupted while applying: fully reverted", kResumedNote}));
+  HvpatchRun two = Hv({"--json", "apply", Domain(), Patch("hvp_two")});
+  EXPECT_EQ(two.exit_code, 0) << Describe(two);
+  EXPECT_EQ(Guest("cat /proc/cmdline /proc/version"), kTwoText);
+}
+
 // 10. Concurrent runs on one VM never interleave: they go one after the other, or the second
 // is refused naming the holder.
 TEST_F(PatchIntegrationTest, ConcurrentAppliesOfDifferentPatchesBothEnd) {
@@ -769,6 +853,11 @@ TEST_F(PatchIntegrationTest, SecondRunWaitsForTheLockOrIsRefusedNamingTheHolder)
   EXPECT_GE(refused.seconds, 0.5);
   EXPECT_LT(refused.seconds, 5.0) << "--lock-wait-ms was not honoured";
   Figure("lock refused after " + std::to_string(refused.seconds) + " s: " + Trim(refused.err));
+  // Read-only commands wait for the same lock (QEMU serves one QMP client at a time).
+  HvpatchRun info = Hv({"--lock-wait-ms", "300", "info", Domain()});
+  EXPECT_EQ(info.exit_code, 3) << Describe(info);
+  EXPECT_THAT(info.err, HasSubstr("is locked by hvpatch pid " + std::to_string(first.pid()) + "\n"));
+  EXPECT_LT(info.seconds, 5.0);
 
   // A patient one waits, then runs once the first is done.
   HvpatchProcess& waiting = Start({"--lock-wait-ms", "60000", "apply", Domain(), Patch("hvp_two")});
