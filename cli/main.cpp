@@ -37,8 +37,8 @@ void PrintHelp(FILE* out) {
                "  --agent-timeout-ms MS  how long to wait for the agent's sync (default 3000)\n"
                "  -h, --help             this help\n"
                "\n"
-               "Exit codes: 0 ok, 1 error, 2 usage, 3 code busy (a guest task is inside a\n"
-               "function being replaced: retry later).\n");
+               "Exit codes: 0 ok, 1 error, 2 usage, 3 busy: retry later (a guest task is inside\n"
+               "a function being replaced, or another hvpatch holds the VM's lock).\n");
 }
 
 bool ParseInt(const char* s, int min, int max, int* out) {
