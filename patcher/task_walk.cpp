@@ -67,6 +67,9 @@ Result<TaskLayout> TaskLayout::FromBtf(const KernelBtf& btf, const SymbolTable& 
   if (btf.HasMember("pcpu_hot", "current_task")) {
     l.pcpu_hot_current_task = *btf.Offset("pcpu_hot", "current_task");
   }
+  if (btf.HasMember("pcpu_hot", "hardirq_stack_ptr")) {
+    l.pcpu_hot_hardirq_stack_ptr = *btf.Offset("pcpu_hot", "hardirq_stack_ptr");
+  }
 #undef HV_LAYOUT_FIELD
 
   // THREAD_SIZE, in order of preference (see the header).
@@ -262,8 +265,14 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
       HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, v.current_task));
       if (t.stack_base) v.stacks.push_back({"task", t.stack_base, t.stack_base + t.stack_size});
     }
-    if (anchors_.hardirq_stack_ptr && l.irq_stack_size) {
-      Result<std::uint64_t> top = mem.ReadU64(v.per_cpu_base + *anchors_.hardirq_stack_ptr);
+    std::optional<std::uint64_t> hardirq_at;
+    if (anchors_.hardirq_stack_ptr) {
+      hardirq_at = v.per_cpu_base + *anchors_.hardirq_stack_ptr;
+    } else if (anchors_.pcpu_hot && l.pcpu_hot_hardirq_stack_ptr) {
+      hardirq_at = v.per_cpu_base + *anchors_.pcpu_hot + *l.pcpu_hot_hardirq_stack_ptr;
+    }
+    if (hardirq_at && l.irq_stack_size) {
+      Result<std::uint64_t> top = mem.ReadU64(*hardirq_at);
       if (!top.ok()) return top.status().WithContext(ctx + ": reading hardirq_stack_ptr");
       if (*top) {  // hardirq_stack_ptr is the top word: the stack ends 8 bytes above it
         const std::uint64_t end = *top + 8;

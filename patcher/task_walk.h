@@ -16,8 +16,8 @@
 //              kallsyms (the linker script reserves exactly THREAD_SIZE for init's stack), else
 //              16 KiB (x86-64 with KASAN off: PAGE_SIZE << (2 + KASAN_STACK_ORDER)).
 //   saved SP   task->thread.sp, written by __switch_to_asm when the task last left a CPU
-//   IRQ        per-cpu hardirq_stack_ptr points at the top word of the IRQ stack; its size is
-//              the BTF size of struct irq_stack
+//   IRQ        per-cpu hardirq_stack_ptr (6.2+: pcpu_hot.hardirq_stack_ptr) points at the top
+//              word of the IRQ stack; its size is the BTF size of struct irq_stack
 //   exception  per-cpu cea_exception_stacks points at struct cea_exception_stacks in the
 //              cpu_entry_area; every "*_stack" member (DF, NMI, DB, MCE, VC, VC2) with non-zero
 //              size is an IST stack, its guard pages excluded.
@@ -51,7 +51,7 @@ struct TaskLayout {
   std::uint64_t signal = 0, thread_node = 0, signal_thread_head = 0;
   std::optional<std::uint64_t> thread_group;
   std::uint64_t rq_curr = 0, rq_idle = 0;
-  std::optional<std::uint64_t> pcpu_hot_current_task;
+  std::optional<std::uint64_t> pcpu_hot_current_task, pcpu_hot_hardirq_stack_ptr;  // 6.2+
   std::uint64_t thread_size = 16384;
   std::string thread_size_source;  // "BTF union thread_union", "kallsyms", "default"
   std::uint64_t irq_stack_size = 0;

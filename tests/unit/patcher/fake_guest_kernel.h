@@ -58,7 +58,9 @@ class FakeGuestKernel {
     std::string comm;
   };
 
-  FakeGuestKernel() : mem_(kRamSize) { Build(); }
+  // `pcpu_hot`: the 6.2+ per-cpu layout, where current_task and hardirq_stack_ptr are members
+  // of struct pcpu_hot (same offsets here) instead of per-cpu symbols of their own.
+  explicit FakeGuestKernel(bool pcpu_hot = false) : mem_(kRamSize), pcpu_hot_(pcpu_hot) { Build(); }
 
   FakePhysMemory& mem() { return mem_; }
   const FakePhysMemory& mem() const { return mem_; }
@@ -349,6 +351,11 @@ class FakeGuestKernel {
     btf__add_field(b, "num_symtab", u32, 64, 0);
     btf__add_field(b, "strtab", voidp, 128, 0);
     btf__add_field(b, "typetab", voidp, 192, 0);
+    if (pcpu_hot_) {
+      btf__add_struct(b, "pcpu_hot", 64);
+      btf__add_field(b, "current_task", voidp, (kPcpuCurrentTask - kPcpuCurrentTask) * 8, 0);
+      btf__add_field(b, "hardirq_stack_ptr", voidp, (kPcpuHardirq - kPcpuCurrentTask) * 8, 0);
+    }
     btf__add_struct(b, "kernel_symbol", 12);
     btf__add_field(b, "value_offset", i32, 0, 0);
     btf__add_field(b, "name_offset", i32, 32, 0);
@@ -410,12 +417,16 @@ class FakeGuestKernel {
  private:
   void BuildKallsyms() {
     // Per-cpu symbols first (lowest values), then the image's, in address order.
-    expected_ = {{'A', "__per_cpu_start", 0},
-                 {'A', "current_task", kPcpuCurrentTask},
-                 {'A', "hardirq_stack_ptr", kPcpuHardirq},
-                 {'A', "cea_exception_stacks", kPcpuCea},
-                 {'A', "runqueues", kPcpuRunqueues},
-                 {'A', "__per_cpu_end", kPcpuEnd}};
+    expected_ = {{'A', "__per_cpu_start", 0}};
+    if (pcpu_hot_) {
+      expected_.push_back({'A', "pcpu_hot", kPcpuCurrentTask});
+    } else {
+      expected_.push_back({'A', "current_task", kPcpuCurrentTask});
+      expected_.push_back({'A', "hardirq_stack_ptr", kPcpuHardirq});
+    }
+    expected_.push_back({'A', "cea_exception_stacks", kPcpuCea});
+    expected_.push_back({'A', "runqueues", kPcpuRunqueues});
+    expected_.push_back({'A', "__per_cpu_end", kPcpuEnd});
     symbols_["__per_cpu_end"] = kPcpuEnd;
     std::vector<std::pair<std::uint64_t, std::string>> image;
     for (const auto& [name, va] : symbols_) {
@@ -526,6 +537,7 @@ class FakeGuestKernel {
 
  private:
   FakePhysMemory mem_;
+  bool pcpu_hot_ = false;
   std::uint64_t image_next_ = 0, heap_next_ = 0, root_va_ = 0;
   std::map<std::string, std::uint64_t> symbols_;
   std::vector<Task> tasks_;

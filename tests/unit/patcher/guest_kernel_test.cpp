@@ -155,6 +155,20 @@ TEST(GuestKernelTest, WalksEveryThreadAndEachCpusIdleTask) {
   EXPECT_EQ(init->stack_size, FakeGuestKernel::kThreadSize);
 }
 
+TEST(GuestKernelTest, FindsCurrentAndIrqStackThroughPcpuHot) {
+  FakeGuestKernel g(/*pcpu_hot=*/true);  // Linux 6.2+: no current_task/hardirq_stack_ptr symbols
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT((*k)->FindSymbol("", "current_task"), StatusIs(Code::kNotFound, HasSubstr("current_task")));
+  const TaskSnapshot& snap = (*k)->initial_tasks();
+  ASSERT_EQ(snap.cpus.size(), 2u);
+  EXPECT_EQ(snap.cpus[1].current_task, g.tasks()[0].va);  // init
+  std::vector<std::string> kinds;
+  for (const StackRange& r : snap.cpus[1].stacks) kinds.push_back(r.kind);
+  EXPECT_EQ(kinds, (std::vector<std::string>{"task", "irq", "exception DF_stack",
+                                             "exception NMI_stack"}));
+}
+
 TEST(GuestKernelTest, StackRegionsCoverVcpusAndSleepingTasks) {
   FakeGuestKernel g;
   auto k = BuildFrom(g);
