@@ -138,7 +138,10 @@ Status SymbolTable::AddObjects(std::vector<ObjectSymbols> objects) {
       const std::uint64_t addr = symbols[order[i]].address;
       std::uint64_t size = 0;
       if (j < order.size()) {
-        size = symbols[order[j]].address - addr;
+        // Per-cpu values (offsets below the kernel image window) are not bounded by the first
+        // image symbol: that would make the last of them cover every address in between.
+        const std::uint64_t next = symbols[order[j]].address;
+        size = addr < kStartKernelMap && next >= kStartKernelMap ? 0 : next - addr;
       } else if (obj.end && *obj.end > addr) {
         size = *obj.end - addr;
       }

@@ -8,7 +8,8 @@
 // kallsyms_on_each_symbol() visits them all; modules count every defined symtab entry.
 //
 // Sizes are bounded by the next symbol: size = (next higher address in the same object) -
-// address; the highest symbol of an object gets the object's end when it is known, else 0.
+// address; the highest symbol of an object gets the object's end when it is known, else 0, and
+// so does the highest per-cpu value (it is not bounded by the first kernel-image address).
 #pragma once
 
 #include <cstdint>

@@ -77,6 +77,17 @@ TEST(SymbolTableTest, ManyIdenticalNamesStayLinear) {
   EXPECT_THAT(t.Find("", "same", 0), StatusIs(Code::kInvalidArgument, HasSubstr("200000 occurrences")));
 }
 
+TEST(SymbolTableTest, PerCpuSizesStopBelowTheKernelImage) {
+  SymbolTable t;
+  ASSERT_THAT(t.AddObject("", {Sym("__per_cpu_start", 0, 'A'), Sym("__per_cpu_end", 0x34000, 'A'),
+                               Sym("_stext", 0xffffffff81000000ull, 'T'), Sym("f", 0xffffffff81000040ull)}),
+              IsOk());
+  EXPECT_EQ((*t.Find("", "__per_cpu_start"))->size, 0x34000u);
+  EXPECT_EQ((*t.Find("", "__per_cpu_end"))->size, 0u);
+  EXPECT_THAT(t.FindByAddress(0xff11000012345678ull), StatusIs(Code::kNotFound, HasSubstr("no symbol")));
+  EXPECT_EQ((*t.FindByAddress(0xffffffff81000010ull))->name, "_stext");
+}
+
 TEST(SymbolTableTest, ParsesProcKallsymsWithModules) {
   auto t = ParseKallsymsText(
       "0000000000000000 A fixed_percpu_data\n"
