@@ -20,10 +20,11 @@ vmm::PagingMode KernelMode(const vmm::VcpuState& v) {
 
 }  // namespace
 
-Status Committer::WriteAll(const CommitPlan& plan) {
+Status Committer::WriteAll(const CommitPlan& plan, const std::function<void(const char*)>& phase) {
   for (const auto& w : plan.phys_writes) {
     HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
   }
+  phase("phys_writes");
   Step("phys_written");
   for (std::size_t i = 0; i < plan.code_writes.size(); ++i) {
     const CodeWrite& w = plan.code_writes[i];
@@ -41,6 +42,7 @@ Status Committer::WriteAll(const CommitPlan& plan) {
     }
     Step("code_written:" + std::to_string(i + 1));
   }
+  phase("code_writes");
   return Status::Ok();
 }
 
@@ -49,16 +51,28 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
   std::vector<StackHit> last_hits;
   for (int attempt = 1; attempt <= std::max(1, policy_.tries); ++attempt) {
     report.tries = attempt;
+    std::vector<PausePhase> phases;
     const auto t0 = Clock::now();
+    auto mark = t0;
+    // Closes the phase that started at `mark`.
+    auto phase = [&](const char* name) {
+      const auto now = Clock::now();
+      phases.push_back({name, Micros(mark, now)});
+      mark = now;
+    };
     HV_RETURN_IF_ERROR(vm_.Pause());
+    phase("pause");
     Step("paused");
     // From here on, every path resumes before returning.
     auto checked = [&]() -> Result<StackCheckReport> {
       HV_ASSIGN_OR_RETURN(std::vector<vmm::VcpuState> vcpus, vm_.VcpuStates());
       if (vcpus.empty()) return Internal("the VM reported no vCPUs");
+      phase("vcpus");
       HV_ASSIGN_OR_RETURN(std::vector<StackRegion> regions, stacks_.Collect(vcpus));
+      phase("stacks");
       const vmm::PagingMode mode = KernelMode(vcpus[0]);
       HV_ASSIGN_OR_RETURN(StackCheckReport r, CheckStacks(vm_, mode, vcpus, regions, plan.busy));
+      phase("stack_check");
       if (!r.safe()) return r;
       // Run-pre check: the guest still holds exactly what the plan was made from.
       for (const auto& w : plan.code_writes) {
@@ -70,6 +84,7 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
                                     ": expected " + HexBytes(w.expected) + ", found " + HexBytes(now));
         }
       }
+      phase("run_pre");
       return r;
     }();
     if (!checked.ok()) {
@@ -81,10 +96,12 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     report.bytes_scanned = checked->bytes_scanned;
     if (checked->safe()) {
       Step("checked");
-      Status written = WriteAll(plan);
+      Status written = WriteAll(plan, phase);
       Status resumed = vm_.Resume();
-      const auto t1 = Clock::now();
+      phase("resume");
+      const auto t1 = mark;
       report.pause_us = Micros(t0, t1);
+      report.phases = std::move(phases);
       report.pause_us_per_try.push_back(report.pause_us);
       if (!written.ok()) return written;
       HV_RETURN_IF_ERROR(resumed.WithContext("resuming the VM"));

@@ -58,10 +58,18 @@ struct RetryPolicy {
   std::chrono::milliseconds backoff{1000};
 };
 
+// One step of the successful pause and its wall time, for profiling the pause window.
+struct PausePhase {
+  std::string name;  // "pause", "vcpus", "stacks", "stack_check", "run_pre", "phys_writes",
+                     // "code_writes", "resume"
+  std::uint64_t us = 0;
+};
+
 struct CommitReport {
   int tries = 0;
   std::uint64_t pause_us = 0;  // the successful pause: from asking for it to resume done
   std::vector<std::uint64_t> pause_us_per_try;
+  std::vector<PausePhase> phases;  // of the successful pause, in order; they add up to pause_us
   std::size_t threads_scanned = 0;
   std::uint64_t bytes_scanned = 0;
 };
@@ -85,7 +93,8 @@ class Committer {
   void Step(std::string_view s) {
     if (hook_) hook_(s);
   }
-  Status WriteAll(const CommitPlan& plan);
+  // `phase` closes a profiling phase ("phys_writes", "code_writes") as it ends.
+  Status WriteAll(const CommitPlan& plan, const std::function<void(const char*)>& phase);
 
   vmm::Vm& vm_;
   StackSource& stacks_;

@@ -132,6 +132,24 @@ TEST_F(CommitTest, StepsAreReportedInOrder) {
   EXPECT_THAT(vm_.log, ElementsAre("phys 0x100000", "code 0xffffffff81001000"));
 }
 
+TEST_F(CommitTest, PhasesOfThePauseAreNamedInOrderAndAddUpToThePauseWindow) {
+  plan_.phys_writes = {{0x100000, {1}, "arena"}};
+  Committer c(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  auto r = c.Commit(plan_);
+  ASSERT_THAT(r, IsOk());
+  std::vector<std::string> names;
+  std::uint64_t sum = 0;
+  for (const PausePhase& p : r->phases) {
+    names.push_back(p.name);
+    sum += p.us;
+  }
+  EXPECT_THAT(names, ElementsAre("pause", "vcpus", "stacks", "stack_check", "run_pre", "phys_writes",
+                                 "code_writes", "resume"));
+  // Each phase is rounded down to a microsecond on its own.
+  EXPECT_LE(sum, r->pause_us);
+  EXPECT_GE(sum + r->phases.size(), r->pause_us);
+}
+
 TEST(StackCheckTest, RejectsAbsurdRegionsAndUnreadableStacks) {
   FakeVm vm;
   std::vector<vmm::VcpuState> vcpus;
