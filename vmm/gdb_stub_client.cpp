@@ -117,10 +117,12 @@ Result<std::string> GdbStubClient::NextPacket(int timeout_ms) {
             broken_ = InvalidArgument("gdbstub sent " + std::to_string(bad) + " corrupt packets");
             return broken_;
           }
-          HV_RETURN_IF_ERROR(SendRaw("-"));
+          HV_RETURN_IF_ERROR(SendRaw(ack_pending_ ? "+-" : "-"));
+          ack_pending_ = false;
           break;
         case RspEvent::Kind::kPacket:
-          HV_RETURN_IF_ERROR(SendRaw("+"));
+          // Acked with the next packet we send, not now (see ack_pending_).
+          ack_pending_ = true;
           return std::move(e.payload);
       }
     }
@@ -134,7 +136,8 @@ Result<std::string> GdbStubClient::NextPacket(int timeout_ms) {
 Result<std::string> GdbStubClient::Command(std::string_view payload) {
   if (!broken_.ok()) return broken_;
   last_sent_ = EncodeRspPacket(payload);
-  HV_RETURN_IF_ERROR(SendRaw(last_sent_));
+  HV_RETURN_IF_ERROR(SendRaw(ack_pending_ ? "+" + last_sent_ : last_sent_));
+  ack_pending_ = false;
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   for (;;) {
     Result<std::string> p = NextPacket(RemainingMs(deadline));

@@ -75,6 +75,13 @@ class GdbStubClient {
   int timeout_ms_;
   RspDecoder decoder_;
   std::string last_sent_;
+  // The ack for the last packet received, not sent yet. QEMU's gdbstub stops a running VM on
+  // any byte it reads (gdb_read_byte), and it reads its socket in its main loop, in no fixed
+  // order with the QMP socket: a '+' written just before QMP `cont` may be read after it and
+  // stop the guest again. So the ack travels in front of the next packet, which is only ever
+  // sent while the VM is paused. QEMU in system mode never waits for acks (put_packet_binary
+  // loops for one only in user mode), so a late ack costs nothing.
+  bool ack_pending_ = false;
   int unsolicited_stops_ = 0;
   Status broken_;
 };

@@ -42,13 +42,17 @@ class FakeStub {
     thread_ = std::thread([this] { Serve(); });
   }
   ~FakeStub() {
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
     close(listen_fd_);
     unlink(path_.c_str());
     rmdir(dir_.c_str());
   }
   const std::string& path() const { return path_; }
+  // Waits until the client has closed the connection.
+  void WaitClosed() { thread_.join(); }
   int acks() const { return acks_; }
+  // For each packet received, how many acks had arrived before it.
+  const std::vector<int>& acks_before() const { return acks_before_; }
   std::vector<std::string> received() const { return received_; }
 
  private:
@@ -70,6 +74,7 @@ class FakeStub {
         if (e.kind == RspEvent::Kind::kNack && !received_.empty()) Send(fd, reply_(received_.back()));
         if (e.kind != RspEvent::Kind::kPacket) continue;
         received_.push_back(e.payload);
+        acks_before_.push_back(acks_);
         Send(fd, "+" + reply_(e.payload));
       }
     }
@@ -82,6 +87,7 @@ class FakeStub {
   int listen_fd_ = -1;
   std::atomic<int> acks_{0};
   std::vector<std::string> received_;
+  std::vector<int> acks_before_;
   std::thread thread_;
 };
 
@@ -107,6 +113,27 @@ TEST(GdbStubClientTest, DrainsAttachStopAndSkipsUnsolicitedOnes) {
   EXPECT_EQ(*g, (std::vector<std::uint8_t>{0x00, 0x11, 0x22, 0x33}));
   EXPECT_THAT((*c)->Command("QStartNoAckMode"), IsOk());
   EXPECT_THAT((*c)->SetPhysicalMode(true), StatusIs(Code::kUnimplemented, HasSubstr("Qqemu.PhyMemMode:1")));
+}
+
+TEST(GdbStubClientTest, AcksTravelInFrontOfTheNextPacketNeverAlone) {
+  // QEMU stops a running VM on any byte: an ack sent alone right before QMP `cont` may be read
+  // after it. So each ack goes out with the next request, and the last reply stays unacked.
+  FakeStub stub(EncodeRspPacket("T02thread:01;"), [](const std::string& p) -> std::string {
+    if (p == "qC") return EncodeRspPacket("QC01");
+    return EncodeRspPacket("OK");
+  });
+  {
+    auto c = GdbStubClient::Connect(stub.path(), 1000);
+    ASSERT_THAT(c, IsOk());
+    ASSERT_THAT((*c)->Command("qC"), IsOk());
+    ASSERT_THAT((*c)->Command("Hg01"), IsOk());
+    EXPECT_THAT((*c)->DrainStopReplies(), IsOk());
+  }
+  stub.WaitClosed();
+  EXPECT_EQ(stub.received(), (std::vector<std::string>{"qC", "Hg01"}));
+  // The attach stop reply's ack came with qC, qC's reply's with Hg01; Hg01's reply: never.
+  EXPECT_EQ(stub.acks_before(), (std::vector<int>{1, 2}));
+  EXPECT_EQ(stub.acks(), 2);
 }
 
 TEST(GdbStubClientTest, RetransmitsOnNackAndNacksCorruptPackets) {
