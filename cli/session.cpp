@@ -82,7 +82,8 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
   if (!kernel.ok()) return kernel.status().WithContext("reading the guest kernel of " + s->vm->Describe());
   s->kernel = std::move(*kernel);
-  HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel, *s->vm));
+  HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel));
+  s->stacks = std::make_unique<patcher::GuestKernelStacks>(*s->kernel, *s->vm);
   s->ledger = std::make_unique<LedgerFile>(dir + "/" + stem + ".json");
   if (!options.agent) {
     s->agent_note = "agent not used (--no-agent)";
@@ -98,7 +99,7 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
       s->agent_note = "no agent: " + client.status().message();
     }
   }
-  s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->view, *s->ledger,
+  s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->stacks, *s->ledger,
                                                      s->agent.get(), TestStopHook());
   if (exclusive) {
     HV_ASSIGN_OR_RETURN(s->recovery, s->engine->Recover());

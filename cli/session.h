@@ -27,6 +27,7 @@ struct Session {
   std::unique_ptr<vmm::Vm> vm;
   std::unique_ptr<patcher::GuestKernel> kernel;
   std::unique_ptr<patcher::GuestKernelView> view;
+  std::unique_ptr<patcher::GuestKernelStacks> stacks;
   std::unique_ptr<LedgerFile> ledger;
   std::unique_ptr<AgentLink> agent;  // null without an agent
   std::string agent_note;            // why there is no agent
