@@ -1,6 +1,7 @@
 #include "cli/agent_link.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -69,6 +70,19 @@ Result<bool> AgentLink::Confirm(const patcher::LedgerPatch& patch) {
     if (seen != f.trampoline) return false;
   }
   return true;
+}
+
+Result<std::string> AgentLink::KallsymsText() {
+  HV_ASSIGN_OR_RETURN(std::vector<agent::KernelSymbol> syms, client_->Kallsyms());
+  std::string text;
+  for (const auto& k : syms) {
+    char addr[20];
+    std::snprintf(addr, sizeof addr, "%016llx", static_cast<unsigned long long>(k.address));
+    text += std::string(addr) + " " + k.type + " " + k.name;
+    if (!k.module.empty()) text += "\t[" + k.module + "]";
+    text += "\n";
+  }
+  return text;
 }
 
 Status AgentLink::Publish(const patcher::Ledger& ledger) {

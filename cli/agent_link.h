@@ -21,6 +21,9 @@ class AgentLink : public patcher::GuestConfirmation {
   Result<bool> Confirm(const patcher::LedgerPatch& patch) override;
   Status Publish(const patcher::Ledger& ledger) override;
 
+  // The guest's /proc/kallsyms as text ("ADDR T NAME [MODULE]" lines), for GuestKernel's fallback.
+  Result<std::string> KallsymsText();
+
   // One line per difference between the ledger and the agent's published tree (empty: they
   // agree). kUnavailable etc. when the agent cannot be asked.
   Result<std::vector<std::string>> CompareWithLedger(const patcher::Ledger& ledger);

@@ -3,6 +3,8 @@
 // request for the core, runs it, and renders the result as text or JSON.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +27,8 @@ struct GlobalOptions {
   int tries = 5;                       // --tries: stack-check attempts (Ksplice: 5)
   int retry_delay_ms = 1000;           // --retry-delay-ms: back-off between attempts (Ksplice: 1 s)
   int lock_wait_ms = 10000;            // --lock-wait-ms: how long to wait for another hvpatch
+  std::string system_map;              // --system-map: last-resort symbols for the guest's build
+  std::optional<std::uint64_t> kaslr_offset;  // --kaslr-offset: for --system-map (default: vmcoreinfo)
   bool agent = true;                   // --no-agent: do not talk to the guest agent
   int agent_timeout_ms = 3000;         // --agent-timeout-ms: sync wait (no reply: no agent)
 };

@@ -33,6 +33,9 @@ void PrintHelp(FILE* out) {
                "  --tries N              stack-check attempts before 'code busy' (default 5)\n"
                "  --retry-delay-ms MS    wait between attempts (default 1000)\n"
                "  --lock-wait-ms MS      wait for another hvpatch on the same VM (default 10000)\n"
+               "  --system-map FILE      symbols of the guest's kernel build, used when they cannot\n"
+               "                         be read from guest memory or from the agent\n"
+               "  --kaslr-offset HEX     KASLR offset for --system-map (default: from vmcoreinfo)\n"
                "  --no-agent             do not use the guest agent (no in-guest confirmation)\n"
                "  --agent-timeout-ms MS  how long to wait for the agent's sync (default 3000)\n"
                "  -h, --help             this help\n"
@@ -84,6 +87,17 @@ int main(int argc, char** argv) {
       int_value("--tries", 1, 100, &o.tries);
     } else if (a == "--retry-delay-ms") {
       int_value("--retry-delay-ms", 0, 600000, &o.retry_delay_ms);
+    } else if (a == "--system-map") {
+      o.system_map = value("--system-map");
+    } else if (a == "--kaslr-offset") {
+      const char* v = value("--kaslr-offset");
+      char* end = nullptr;
+      const unsigned long long off = std::strtoull(v, &end, 16);
+      if (!*v || *end) {
+        std::fprintf(stderr, "hvpatch: option '--kaslr-offset': bad value '%s' (expected hex)\n", v);
+        return hv::cli::kExitUsage;
+      }
+      o.kaslr_offset = off;
     } else if (a == "--no-agent") {
       o.agent = false;
     } else if (a == "--agent-timeout-ms") {

@@ -1,5 +1,7 @@
 #include "cli/session.h"
 
+#include "cli/render.h"
+
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -70,21 +72,7 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
                                                      std::chrono::milliseconds(options.lock_wait_ms)));
     s->lock.emplace(std::move(lock));
   }
-  // vCPU state (for the paging root) needs a pause; the model itself is read with the guest
-  // running: kallsyms, BTF and the module list do not move, and every commit re-walks the tasks
-  // inside its own pause.
-  HV_RETURN_IF_ERROR(s->vm->Pause());
-  auto vcpus = s->vm->VcpuStates();
-  HV_RETURN_IF_ERROR(s->vm->Resume());
-  if (!vcpus.ok()) return vcpus.status().WithContext("reading vCPU state");
-  patcher::GuestKernelOptions ko;
-  ko.walk_tasks = false;
-  auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
-  if (!kernel.ok()) return kernel.status().WithContext("reading the guest kernel of " + s->vm->Describe());
-  s->kernel = std::move(*kernel);
-  HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel));
-  s->stacks = std::make_unique<patcher::GuestKernelStacks>(*s->kernel, *s->vm);
-  s->ledger = std::make_unique<LedgerFile>(dir + "/" + stem + ".json");
+  // The agent first: its kallsyms are the fallback when the tables in memory cannot be read.
   if (!options.agent) {
     s->agent_note = "agent not used (--no-agent)";
   } else if (auto path = s->vm->AgentSocket(); !path.ok()) {
@@ -99,6 +87,35 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
       s->agent_note = "no agent: " + client.status().message();
     }
   }
+  // vCPU state (for the paging root) needs a pause; the model itself is read with the guest
+  // running: kallsyms, BTF and the module list do not move, and every commit re-walks the tasks
+  // inside its own pause.
+  HV_RETURN_IF_ERROR(s->vm->Pause());
+  auto vcpus = s->vm->VcpuStates();
+  HV_RETURN_IF_ERROR(s->vm->Resume());
+  if (!vcpus.ok()) return vcpus.status().WithContext("reading vCPU state");
+  patcher::GuestKernelOptions ko;
+  ko.walk_tasks = false;
+  ko.kaslr_offset = options.kaslr_offset;
+  if (!options.system_map.empty()) {
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> map, ReadPatchFile(options.system_map));
+    ko.system_map.assign(map.begin(), map.end());
+  }
+  auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+  if (!kernel.ok() && s->agent) {
+    // Slow under TCG (the whole /proc/kallsyms), so only when memory alone did not do.
+    auto text = s->agent->KallsymsText();
+    if (text.ok()) {
+      Progress(options, "symbols from guest memory failed (" + kernel.status().message() + "); using the agent's kallsyms");
+      ko.agent_kallsyms = std::move(*text);
+      kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+    }
+  }
+  if (!kernel.ok()) return kernel.status().WithContext("reading the guest kernel of " + s->vm->Describe());
+  s->kernel = std::move(*kernel);
+  HV_ASSIGN_OR_RETURN(s->view, patcher::GuestKernelView::Create(*s->kernel));
+  s->stacks = std::make_unique<patcher::GuestKernelStacks>(*s->kernel, *s->vm);
+  s->ledger = std::make_unique<LedgerFile>(dir + "/" + stem + ".json");
   s->engine = std::make_unique<patcher::PatchEngine>(*s->vm, *s->view, *s->stacks, *s->ledger,
                                                      s->agent.get(), TestStopHook());
   if (exclusive) {
