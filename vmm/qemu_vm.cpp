@@ -346,14 +346,22 @@ Status QemuVm::Pause() {
     // the operator had stopped the VM: their stop left a T02 waiting too.
     if (gdb_) HV_RETURN_IF_ERROR(gdb_->DrainStopReplies().status());
     (void)qmp_->TakeEvents();
+    ForgetPauseState();  // nothing read before this pause may be trusted in it
   }
   ++pause_depth_;
   return Status::Ok();
 }
 
+void QemuVm::ForgetPauseState() {
+  page_cache_.Clear();
+  vcpus_.reset();
+}
+
 Status QemuVm::Resume() {
   if (pause_depth_ == 0) return FailedPrecondition("Resume() without a matching Pause()");
-  if (--pause_depth_ > 0 || !resume_on_outer_) return Status::Ok();
+  if (--pause_depth_ > 0) return Status::Ok();
+  ForgetPauseState();
+  if (!resume_on_outer_) return Status::Ok();
   resume_on_outer_ = false;
   return qmp_->Execute("cont").status();
 }
@@ -361,6 +369,7 @@ Status QemuVm::Resume() {
 Status QemuVm::ForceResume() {
   pause_depth_ = 0;
   resume_on_outer_ = false;
+  ForgetPauseState();
   return qmp_->Execute("cont").status();
 }
 
@@ -372,12 +381,16 @@ Status QemuVm::RequirePaused() {
 }
 
 Result<std::vector<VcpuState>> QemuVm::VcpuStates() {
+  // No vCPU runs between our Pause() and Resume(): one read per pause serves every caller
+  // (the commit, then each WriteCode).
+  if (pause_depth_ > 0 && vcpus_) return *vcpus_;
   HV_RETURN_IF_ERROR(RequirePaused());
   std::vector<VcpuState> out;
   for (std::size_t i = 0; i < threads_.size(); ++i) {
     HV_ASSIGN_OR_RETURN(VcpuState v, ReadVcpu(static_cast<int>(i)));
     out.push_back(v);
   }
+  if (pause_depth_ > 0) vcpus_ = out;
   return out;
 }
 
@@ -414,10 +427,14 @@ Status QemuVm::HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t le
 }
 
 Status QemuVm::ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const {
-  return HostTransfer(gpa, out.data(), out.size(), false);
+  if (pause_depth_ == 0) return HostTransfer(gpa, out.data(), out.size(), false);
+  return page_cache_.Read(gpa, out, [this](std::uint64_t at, std::span<std::uint8_t> buf) {
+    return HostTransfer(at, buf.data(), buf.size(), false);
+  });
 }
 
 Status QemuVm::WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) {
+  page_cache_.Invalidate(gpa, data.size());
   return HostTransfer(gpa, const_cast<std::uint8_t*>(data.data()), data.size(), true);
 }
 
@@ -450,10 +467,12 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
     if (!t.ok()) return t.status().WithContext("writing code at " + Hex(va + done));
     const std::uint64_t in_page = t->page_size - ((va + done) & (t->page_size - 1));
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in_page, data.size() - done));
+    page_cache_.Invalidate(t->gpa, n);
     Status s = gdb_->WriteMemory(t->gpa, data.subspan(done, n));
     if (!s.ok()) return s.WithContext("writing code at " + Hex(va + done));
     back.resize(n);
-    HV_RETURN_IF_ERROR(ReadPhys(t->gpa, back));
+    // Straight from guest RAM, never from the page cache: this checks what QEMU wrote.
+    HV_RETURN_IF_ERROR(HostTransfer(t->gpa, back.data(), n, false));
     if (!std::equal(back.begin(), back.end(), data.begin() + static_cast<std::ptrdiff_t>(done))) {
       return Internal("code at " + Hex(va + done) + " (gpa " + Hex(t->gpa) + ") reads back differently");
     }

@@ -20,6 +20,7 @@
 #include "qmp/qmp_client.h"
 #include "vmm/gdb_register_layout.h"
 #include "vmm/gdb_stub_client.h"
+#include "vmm/phys_page_cache.h"
 #include "vmm/qemu_memory_map.h"
 #include "vmm/vm.h"
 
@@ -53,9 +54,12 @@ class QemuVm final : public Vm {
   Result<bool> Running() override;
   // Through QOM and query-chardev (vmm/qemu_agent_port.h).
   Result<std::string> AgentSocket() override;
+  // Read once per pause over the gdbstub, then served from memory until the VM runs again.
   Result<std::vector<VcpuState>> VcpuStates() override;
-  // Reads guest RAM, and also the arena's BAR. Errors: kInvalidArgument naming the first
-  // address outside both; kIo when the host read fails.
+  // Reads guest RAM, and also the arena's BAR. While this object holds the VM paused, small
+  // reads go through a per-pause page cache (vmm/phys_page_cache.h), cleared when the VM may
+  // run again; every write of this object drops the pages it touched. Errors: kInvalidArgument
+  // naming the first address outside both; kIo when the host read fails.
   Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override;
   std::vector<PhysRange> RamRanges() const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
@@ -93,6 +97,8 @@ class QemuVm final : public Vm {
   // The host range holding [gpa, gpa+len), split by the caller at range ends.
   const HostRange* FindRange(std::uint64_t gpa) const;
   Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;
+  // The guest may run again (or we cannot tell): forget what the pause read.
+  void ForgetPauseState();
 
   std::unique_ptr<qmp::QmpClient> qmp_;
   std::unique_ptr<GdbStubClient> gdb_;
@@ -118,6 +124,9 @@ class QemuVm final : public Vm {
   Status arena_status_;            // why there is no arena, when there is none
   int pause_depth_ = 0;
   bool resume_on_outer_ = false;
+  // Valid only while pause_depth_ > 0 (see ReadPhys and VcpuStates).
+  mutable PhysPageCache page_cache_;
+  std::optional<std::vector<VcpuState>> vcpus_;
 };
 
 }  // namespace hv::vmm
