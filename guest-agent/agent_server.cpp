@@ -16,7 +16,7 @@ void AgentServer::Run() {
     if (!fd.ok()) {
       std::fprintf(stderr, "hvpatch-agent: %s: %s\n", channel_->Describe().c_str(),
                    fd.status().message().c_str());
-      std::this_thread::sleep_for(std::chrono::seconds(1));
+      IdleWait(std::chrono::seconds(1));
       continue;
     }
     const Status why = ServeSession(*fd);

@@ -96,6 +96,15 @@ Result<std::string> VirtioSerialChannel::FindPort(const std::string& sys_root,
   return NotFound("no virtio-serial port named '" + port_name + "'");
 }
 
+void IdleWait(std::chrono::milliseconds d) {
+  const auto until = std::chrono::steady_clock::now() + d;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    poll(nullptr, 0, static_cast<int>(left.count()));
+  }
+}
+
 Result<int> VirtioSerialChannel::WaitForHost() {
   for (;;) {
     if (fd_ < 0) {
@@ -103,7 +112,7 @@ Result<int> VirtioSerialChannel::WaitForHost() {
       if (!device.ok()) {
         if (!logged_wait_) std::fprintf(stderr, "hvpatch-agent: waiting: %s\n", device.status().message().c_str());
         logged_wait_ = true;
-        std::this_thread::sleep_for(kPortSearchPause);
+        IdleWait(kPortSearchPause);
         continue;
       }
       device_ = *device;
@@ -112,7 +121,7 @@ Result<int> VirtioSerialChannel::WaitForHost() {
         // EBUSY: a previous agent still holds the port (a port has one opener at a time).
         if (!logged_wait_) std::fprintf(stderr, "hvpatch-agent: opening '%s': %s\n", device_.c_str(), std::strerror(errno));
         logged_wait_ = true;
-        std::this_thread::sleep_for(kPortSearchPause);
+        IdleWait(kPortSearchPause);
         continue;
       }
       logged_wait_ = false;
@@ -129,11 +138,11 @@ Result<int> VirtioSerialChannel::WaitForHost() {
     }
     if (p.revents & POLLHUP) {
       // The host side is not connected; QEMU sends the port-open event when it is.
-      std::this_thread::sleep_for(kRetryPause);
+      IdleWait(kRetryPause);
       continue;
     }
     if (p.revents & POLLIN) return fd_;
-    std::this_thread::sleep_for(kRetryPause);
+    IdleWait(kRetryPause);
   }
 }
 

@@ -2,12 +2,20 @@
 // whatever Channel main() picked, so the real binary runs in tests over a unix socket.
 #pragma once
 
+#include <chrono>
+
 #include <memory>
 #include <string>
 
 #include "base/status.h"
 
 namespace hv::agent {
+
+// Waits `d` without sitting in do_nanosleep: poll(2) with no descriptors sleeps in
+// do_sys_poll instead. hvpatch refuses to switch a function while any task is inside it, so an
+// agent idling in nanosleep would block a host-side patch of do_nanosleep (or its callers) for as
+// long as no host is connected.
+void IdleWait(std::chrono::milliseconds d);
 
 class Channel {
  public:
