@@ -2,16 +2,31 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace hv::vmm {
 
-const std::uint8_t* PhysPageCache::PageAt(std::uint64_t page_gpa, const Source& source) {
+const std::uint8_t* PhysPageCache::PageAt(std::uint64_t page_gpa, bool whole_block, const Source& source) {
   if (auto it = pages_.find(page_gpa); it != pages_.end()) return it->second.get();
+  // Bounded: a pause that reads more than max_pages_ distinct pages starts over.
+  if (pages_.size() + block_pages_ > max_pages_) pages_.clear();
+  const std::uint64_t block_size = block_pages_ * kPageSize;
+  const std::uint64_t block_gpa = page_gpa / block_size * block_size;
+  if (whole_block && block_pages_ > 1) {
+    std::vector<std::uint8_t> block(block_size);
+    ++fetches_;
+    if (source(block_gpa, block).ok()) {
+      for (std::size_t i = 0; i < block_pages_; ++i) {
+        Page page(new std::uint8_t[kPageSize]);
+        std::memcpy(page.get(), block.data() + i * kPageSize, kPageSize);
+        pages_.insert_or_assign(block_gpa + i * kPageSize, std::move(page));
+      }
+      return pages_.find(page_gpa)->second.get();
+    }
+  }
   Page page(new std::uint8_t[kPageSize]);
   ++fetches_;
   if (!source(page_gpa, std::span<std::uint8_t>(page.get(), kPageSize)).ok()) return nullptr;
-  // Bounded: a pause that reads more than max_pages_ distinct pages starts over.
-  if (pages_.size() >= max_pages_) pages_.clear();
   return pages_.emplace(page_gpa, std::move(page)).first->second.get();
 }
 
@@ -21,7 +36,7 @@ Status PhysPageCache::Read(std::uint64_t gpa, std::span<std::uint8_t> out, const
   while (done < out.size()) {
     const std::uint64_t at = gpa + done;
     const std::uint64_t page_gpa = at & ~(kPageSize - 1);
-    const std::uint8_t* page = PageAt(page_gpa, source);
+    const std::uint8_t* page = PageAt(page_gpa, out.size() < kSmallRead, source);
     if (page == nullptr) return source(gpa, out);
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kPageSize - (at - page_gpa), out.size() - done));
     std::memcpy(out.data() + done, page + (at - page_gpa), n);

@@ -8,6 +8,7 @@
 // the cheapest way to get them).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -27,7 +28,15 @@ class PhysPageCache {
   // Reads `out.size()` bytes at guest-physical `gpa` from the source.
   using Source = std::function<Status(std::uint64_t gpa, std::span<std::uint8_t> out)>;
 
-  explicit PhysPageCache(std::size_t max_pages = kDefaultMaxPages) : max_pages_(max_pages) {}
+  // A miss of a small read (under kSmallRead bytes: a field, a list link, a page-table entry)
+  // fetches the aligned block of `block_pages` pages around it in one read, as task_structs and
+  // the objects next to them share blocks; just the page when the block cannot be read. Larger
+  // reads (a stack from its saved SP up) fetch only their own pages.
+  static constexpr std::size_t kSmallRead = 256;
+  static constexpr std::size_t kDefaultBlockPages = 4;
+
+  explicit PhysPageCache(std::size_t max_pages = kDefaultMaxPages, std::size_t block_pages = kDefaultBlockPages)
+      : max_pages_(std::max<std::size_t>(max_pages, 1)), block_pages_(std::clamp<std::size_t>(block_pages, 1, 64)) {}
 
   // Reads through the cache: each 4 KiB page touched is fetched whole from `source` once. When a
   // whole page cannot be fetched (the request sits at the edge of a RAM range), or the request
@@ -45,9 +54,10 @@ class PhysPageCache {
  private:
   using Page = std::unique_ptr<std::uint8_t[]>;
   // The cached page at `page_gpa` (page aligned), fetched if missing; nullptr if it cannot be.
-  const std::uint8_t* PageAt(std::uint64_t page_gpa, const Source& source);
+  const std::uint8_t* PageAt(std::uint64_t page_gpa, bool whole_block, const Source& source);
 
   std::size_t max_pages_;
+  std::size_t block_pages_;
   std::unordered_map<std::uint64_t, Page> pages_;
   std::uint64_t fetches_ = 0;
 };

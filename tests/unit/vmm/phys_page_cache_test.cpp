@@ -43,7 +43,7 @@ class CountingRam {
 
 TEST(PhysPageCacheTest, SmallReadsOfOnePageFetchItOnce) {
   CountingRam ram;
-  PhysPageCache cache;
+  PhysPageCache cache(64, 1);
   const auto src = ram.source();
   for (std::uint64_t off : {0x18ull, 0x20ull, 0xff8ull, 0x400ull}) {
     std::vector<std::uint8_t> out(8);
@@ -56,7 +56,7 @@ TEST(PhysPageCacheTest, SmallReadsOfOnePageFetchItOnce) {
 
 TEST(PhysPageCacheTest, ReadAcrossPagesFetchesEachWholePage) {
   CountingRam ram;
-  PhysPageCache cache;
+  PhysPageCache cache(64, 1);
   std::vector<std::uint8_t> out(0x1000);
   ASSERT_THAT(cache.Read(0x12c00, out, ram.source()), IsOk());
   EXPECT_EQ(out, ram.Expected(0x12c00, 0x1000));
@@ -66,7 +66,7 @@ TEST(PhysPageCacheTest, ReadAcrossPagesFetchesEachWholePage) {
 
 TEST(PhysPageCacheTest, InvalidatedPagesAreReadAgainAndShowNewBytes) {
   CountingRam ram;
-  PhysPageCache cache;
+  PhysPageCache cache(64, 1);
   const auto src = ram.source();
   std::vector<std::uint8_t> out(1);
   ASSERT_THAT(cache.Read(0x14010, out, src), IsOk());
@@ -81,7 +81,7 @@ TEST(PhysPageCacheTest, InvalidatedPagesAreReadAgainAndShowNewBytes) {
 
 TEST(PhysPageCacheTest, InvalidateCoversEveryOverlappedPageEvenWhenWide) {
   CountingRam ram;
-  PhysPageCache cache;
+  PhysPageCache cache(64, 1);
   const auto src = ram.source();
   std::vector<std::uint8_t> out(1);
   for (std::uint64_t p = 0x10000; p < 0x20000; p += 0x1000) ASSERT_THAT(cache.Read(p, out, src), IsOk());
@@ -91,6 +91,53 @@ TEST(PhysPageCacheTest, InvalidateCoversEveryOverlappedPageEvenWhenWide) {
   cache.Invalidate(0, ~0ull);  // wider than the cache, and would wrap
   EXPECT_EQ(cache.pages(), 0u);
   cache.Invalidate(0x10000, 0);
+}
+
+TEST(PhysPageCacheTest, AMissFetchesItsWholeAlignedBlockInOneRead) {
+  CountingRam ram;
+  PhysPageCache cache(64, 4);
+  const auto src = ram.source();
+  std::vector<std::uint8_t> out(8);
+  ASSERT_THAT(cache.Read(0x15008, out, src), IsOk());  // block 0x14000..0x17fff
+  EXPECT_EQ(cache.pages(), 4u);
+  for (std::uint64_t at : {0x14ff8ull, 0x16100ull, 0x17ff8ull}) {
+    ASSERT_THAT(cache.Read(at, out, src), IsOk());
+    EXPECT_EQ(out, ram.Expected(at, 8));
+  }
+  EXPECT_EQ(ram.reads, 1);
+  ASSERT_THAT(cache.Read(0x18000, out, src), IsOk());
+  EXPECT_EQ(ram.reads, 2);
+}
+
+TEST(PhysPageCacheTest, LargerReadsFetchOnlyTheirOwnPages) {
+  CountingRam ram;
+  PhysPageCache cache(64, 4);
+  std::vector<std::uint8_t> out(PhysPageCache::kSmallRead);
+  ASSERT_THAT(cache.Read(0x15f00, out, ram.source()), IsOk());
+  EXPECT_EQ(out, ram.Expected(0x15f00, out.size()));
+  EXPECT_EQ(cache.pages(), 1u);
+  EXPECT_EQ(ram.reads, 1);
+}
+
+TEST(PhysPageCacheTest, ABlockOverTheEndOfRamFallsBackToThePage) {
+  // RAM is three pages: the 4-page block around them cannot be read, each page can.
+  int reads = 0;
+  std::vector<std::uint8_t> ram(0x3000, 0xab);
+  const PhysPageCache::Source src = [&](std::uint64_t gpa, std::span<std::uint8_t> out) -> Status {
+    ++reads;
+    if (gpa < 0x10000 || out.size() > 0x3000 || gpa - 0x10000 > 0x3000 - out.size()) {
+      return InvalidArgument("not guest RAM");
+    }
+    std::memcpy(out.data(), ram.data() + (gpa - 0x10000), out.size());
+    return Status::Ok();
+  };
+  PhysPageCache cache(64, 4);
+  std::vector<std::uint8_t> out(8);
+  ASSERT_THAT(cache.Read(0x12ff8, out, src), IsOk());
+  EXPECT_EQ(out, std::vector<std::uint8_t>(8, 0xab));
+  EXPECT_EQ(reads, 2);  // the block, refused, then the page
+  EXPECT_EQ(cache.pages(), 1u);
+  EXPECT_THAT(cache.Read(0x13000, out, src), StatusIs(Code::kInvalidArgument, HasSubstr("not guest RAM")));
 }
 
 TEST(PhysPageCacheTest, LargeReadsBypassTheCache) {
