@@ -175,6 +175,27 @@ Result<int> GdbStubClient::DrainStopReplies() {
   return n;
 }
 
+Result<bool> GdbStubClient::StopIfRunning() {
+  HV_RETURN_IF_ERROR(DrainStopReplies().status());
+  last_sent_ = EncodeRspPacket("qC");
+  HV_RETURN_IF_ERROR(SendRaw("+\x03" + last_sent_));
+  ack_pending_ = false;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+  bool stopped = false;
+  for (;;) {
+    Result<std::string> p = NextPacket(RemainingMs(deadline));
+    if (!p.ok()) return p.status().WithContext("gdbstub interrupt");
+    if (IsStopReply(*p)) {
+      stopped = true;
+      ++unsolicited_stops_;
+      continue;
+    }
+    HV_RETURN_IF_ERROR(CheckRspReply("qC", *p));
+    if (p->rfind("QC", 0) != 0) return InvalidArgument("gdbstub answered '" + p->substr(0, 16) + "' to 'qC'");
+    return stopped;
+  }
+}
+
 Status GdbStubClient::SetPhysicalMode(bool physical) {
   const std::string cmd = physical ? "Qqemu.PhyMemMode:1" : "Qqemu.PhyMemMode:0";
   HV_ASSIGN_OR_RETURN(std::string r, Command(cmd));

@@ -42,6 +42,16 @@ class GdbStubClient {
   // many there were. Errors as Command().
   Result<int> DrainStopReplies();
 
+  // Stops the VM if it is running, in one round trip, and says whether it was. QEMU's gdbstub
+  // calls vm_stop(RUN_STATE_PAUSED) when it reads a byte while the VM runs (gdb_read_byte): the
+  // same call as QMP `stop`, so the VM is paused for QMP, libvirt and query-status alike, with
+  // every vCPU out of guest code before QEMU writes its stop reply. The client drains the stop
+  // replies already waiting, then sends '+' (QEMU swallows other bytes while it waits for the
+  // ack of its last packet), an interrupt (0x03), and `qC`: a stop reply before the qC answer
+  // means this call stopped the VM. Errors as Command(); kInvalidArgument when the answer to qC
+  // is not a thread id.
+  Result<bool> StopIfRunning();
+
   // Qqemu.PhyMemMode:1 / :0: m and M then address guest-physical memory.
   Status SetPhysicalMode(bool physical);
   // Thread ids from qfThreadInfo/qsThreadInfo: one per vCPU in vCPU order (bounded to 4096).
@@ -75,12 +85,14 @@ class GdbStubClient {
   int timeout_ms_;
   RspDecoder decoder_;
   std::string last_sent_;
-  // The ack for the last packet received, not sent yet. QEMU's gdbstub stops a running VM on
-  // any byte it reads (gdb_read_byte), and it reads its socket in its main loop, in no fixed
-  // order with the QMP socket: a '+' written just before QMP `cont` may be read after it and
-  // stop the guest again. So the ack travels in front of the next packet, which is only ever
-  // sent while the VM is paused. QEMU in system mode never waits for acks (put_packet_binary
-  // loops for one only in user mode), so a late ack costs nothing.
+  // The ack for the packets received since we last sent one, not sent yet. QEMU's gdbstub
+  // remembers only its last packet: the first '+' clears it, and any further byte that arrives
+  // while the VM runs stops the VM (gdb_read_byte). QEMU reads the gdbstub and QMP sockets in
+  // no fixed order, so acking two stop replies with two '+' right before QMP `cont` could stop
+  // the guest again just after it resumed. So acks are coalesced into one '+' that travels in
+  // front of the next packet, which is only ever sent while the VM is paused. QEMU in system
+  // mode never waits for acks (put_packet_binary loops for one only in user mode): a late ack
+  // costs nothing.
   bool ack_pending_ = false;
   int unsolicited_stops_ = 0;
   Status broken_;

@@ -338,15 +338,19 @@ Status QemuVm::VerifyFastPath() {
 
 Status QemuVm::Pause() {
   if (pause_depth_ == 0) {
-    HV_ASSIGN_OR_RETURN(const bool running, Running());
-    if (running) HV_RETURN_IF_ERROR(qmp_->Execute("stop").status());
+    bool running = false;
+    if (gdb_) {
+      // One gdbstub round trip both stops a running VM and tells whether it ran (see
+      // GdbStubClient::StopIfRunning): the same vm_stop as QMP `stop`, without the
+      // query-status + stop round trips, and the stop reply is consumed on the way.
+      HV_ASSIGN_OR_RETURN(running, gdb_->StopIfRunning());
+    } else {
+      HV_ASSIGN_OR_RETURN(running, Running());
+      if (running) HV_RETURN_IF_ERROR(qmp_->Execute("stop").status());
+    }
     resume_on_outer_ = running;
-    // QEMU has already written the T02 for this stop to the gdbstub socket (it does so before
-    // answering QMP): consume and ack it now, while the VM is still stopped. Also drained when
-    // the operator had stopped the VM: their stop left a T02 waiting too.
-    if (gdb_) HV_RETURN_IF_ERROR(gdb_->DrainStopReplies().status());
-    (void)qmp_->TakeEvents();
-    ForgetPauseState();  // nothing read before this pause may be trusted in it
+    (void)qmp_->TakeEvents();  // our STOP, and anything older: nobody reads them
+    ForgetPauseState();        // nothing read before this pause may be trusted in it
   }
   ++pause_depth_;
   return Status::Ok();

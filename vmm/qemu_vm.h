@@ -2,12 +2,15 @@
 // (started at runtime over QMP) for vCPU registers and code writes; process_vm_readv/writev
 // on QEMU's own mapping of guest RAM for bulk memory access.
 //
-// Run state: QMP `stop`/`cont` own it, never the gdbstub's interrupt/`c`. QMP is what the
-// operator and libvirt see (query-status), `stop` returns only once every vCPU is out of
-// guest code, and the same mechanism works whether or not a debugger is attached. The cost
-// is that QEMU reports every stop to the attached gdbstub client as a "T02" stop reply nobody
-// asked for (lab notes); Pause() drains it at once, while the VM is still stopped, so that our
-// acks never reach QEMU after `cont` (gdbstub stops a running VM on any byte it receives).
+// Run state: the VM's own run state (query-status "paused"/"running"), never the gdbstub's
+// `c`/`s`. Pause() stops through the gdbstub's interrupt, which runs the same vm_stop(
+// RUN_STATE_PAUSED) as QMP `stop` (the operator and libvirt see a STOP event and "paused"), and
+// in the same round trip learns whether the VM was running, so an operator's pause is kept
+// (GdbStubClient::StopIfRunning): one round trip instead of QMP query-status + stop. QEMU
+// writes the stop reply only once every vCPU is out of guest code. Resume() is QMP `cont`.
+// QEMU reports every stop to the attached gdbstub client as a "T02" stop reply nobody asked
+// for (lab notes); the client consumes them, and never sends a byte while the VM runs (the
+// gdbstub stops a running VM on any byte it receives).
 #pragma once
 
 #include <sys/types.h>

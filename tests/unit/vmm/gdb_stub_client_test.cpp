@@ -136,6 +136,46 @@ TEST(GdbStubClientTest, AcksTravelInFrontOfTheNextPacketNeverAlone) {
   EXPECT_EQ(stub.acks(), 2);
 }
 
+TEST(GdbStubClientTest, StopIfRunningTellsAStopItCausedFromAVmAlreadyPaused) {
+  // Like QEMU: the interrupt stops a running VM, whose stop reply then precedes the qC answer.
+  bool running = true;
+  FakeStub stub(EncodeRspPacket("T02thread:01;"), [&running](const std::string& p) -> std::string {
+    if (p == "qC" && running) {
+      running = false;
+      return EncodeRspPacket("T02thread:01;") + EncodeRspPacket("QC01");
+    }
+    if (p == "qC") return EncodeRspPacket("QC01");
+    // A reply followed by a stop reply from an earlier stop nobody asked for.
+    if (p == "Hg01") return EncodeRspPacket("OK") + EncodeRspPacket("T02thread:01;");
+    return EncodeRspPacket("E01");
+  });
+  {
+    auto c = GdbStubClient::Connect(stub.path(), 1000);
+    ASSERT_THAT(c, IsOk());
+    auto first = (*c)->StopIfRunning();
+    ASSERT_THAT(first, IsOk());
+    EXPECT_TRUE(*first);
+    auto second = (*c)->StopIfRunning();
+    ASSERT_THAT(second, IsOk());
+    EXPECT_FALSE(*second);
+    ASSERT_THAT((*c)->SelectThread("01"), IsOk());
+    // The stale stop reply is drained first: it does not count as a stop this call caused.
+    auto third = (*c)->StopIfRunning();
+    ASSERT_THAT(third, IsOk());
+    EXPECT_FALSE(*third);
+    EXPECT_EQ((*c)->unsolicited_stops(), 3);
+  }
+  stub.WaitClosed();
+  EXPECT_EQ(stub.received(), (std::vector<std::string>{"qC", "qC", "Hg01", "qC"}));
+}
+
+TEST(GdbStubClientTest, StopIfRunningRefusesAnAnswerThatIsNotAThreadId) {
+  FakeStub stub("", [](const std::string&) { return EncodeRspPacket("OK"); });
+  auto c = GdbStubClient::Connect(stub.path(), 1000, 0);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_THAT((*c)->StopIfRunning(), StatusIs(Code::kInvalidArgument, HasSubstr("'OK' to 'qC'")));
+}
+
 TEST(GdbStubClientTest, RetransmitsOnNackAndNacksCorruptPackets) {
   int calls = 0;
   FakeStub stub("", [&calls](const std::string& p) -> std::string {
