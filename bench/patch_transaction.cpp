@@ -157,6 +157,9 @@ t1=$(now_ns)
 read -r line < /proc/cmdline; echo "patched=$line"
 echo 0 > $d/enabled || exit 12
 settle
+# livepatch frees the patch (sysfs directory, then the module reference) after the transition
+n=0; while [ -e $d ]; do n=$((n+1)); [ $n -gt 1000000 ] && exit 14; done
+n=0; while read -r rc < /sys/module/hvp_sample/refcnt && [ "$rc" != 0 ]; do n=$((n+1)); [ $n -gt 1000000 ] && exit 15; done
 rmmod hvp_sample || exit 13
 t2=$(now_ns)
 read -r line < /proc/cmdline; echo "restored=$line"
