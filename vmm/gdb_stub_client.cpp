@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -175,6 +176,34 @@ Result<int> GdbStubClient::DrainStopReplies() {
   return n;
 }
 
+Result<std::vector<std::string>> GdbStubClient::CommandBatch(std::span<const std::string> payloads) {
+  if (!broken_.ok()) return broken_;
+  if (payloads.size() > kMaxBatch) {
+    return InvalidArgument("gdbstub batch of " + std::to_string(payloads.size()) + " packets exceeds " +
+                           std::to_string(kMaxBatch));
+  }
+  std::string wire = ack_pending_ ? "+" : "";
+  for (const std::string& p : payloads) wire += EncodeRspPacket(p);
+  last_sent_.clear();  // nothing to retransmit: see the header
+  HV_RETURN_IF_ERROR(SendRaw(wire));
+  ack_pending_ = false;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+  std::vector<std::string> replies;
+  while (replies.size() < payloads.size()) {
+    Result<std::string> p = NextPacket(RemainingMs(deadline));
+    if (!p.ok()) {
+      return p.status().WithContext("gdbstub '" + payloads[replies.size()].substr(0, 32) + "' (in a batch of " +
+                                    std::to_string(payloads.size()) + ")");
+    }
+    if (IsStopReply(*p)) {
+      ++unsolicited_stops_;
+      continue;
+    }
+    replies.push_back(std::move(*p));
+  }
+  return replies;
+}
+
 Result<bool> GdbStubClient::StopIfRunning() {
   HV_RETURN_IF_ERROR(DrainStopReplies().status());
   last_sent_ = EncodeRspPacket("qC");
@@ -245,6 +274,32 @@ Result<std::vector<std::uint8_t>> GdbStubClient::ReadRegisters() {
   return bytes;
 }
 
+Result<std::vector<std::vector<std::uint8_t>>> GdbStubClient::ReadRegistersOf(
+    std::span<const std::string> threads) {
+  std::vector<std::vector<std::uint8_t>> out;
+  for (std::size_t first = 0; first < threads.size(); first += kMaxBatch / 2) {
+    const std::size_t n = std::min(kMaxBatch / 2, threads.size() - first);
+    std::vector<std::string> batch;
+    for (std::size_t i = first; i < first + n; ++i) {
+      batch.push_back("Hg" + threads[i]);
+      batch.push_back("g");
+    }
+    HV_ASSIGN_OR_RETURN(std::vector<std::string> replies, CommandBatch(batch));
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::string& hg = batch[2 * k];
+      HV_RETURN_IF_ERROR(CheckRspReply(hg, replies[2 * k]));
+      if (replies[2 * k] != "OK") {
+        return InvalidArgument("gdbstub answered '" + replies[2 * k].substr(0, 16) + "' to '" + hg + "'");
+      }
+      HV_RETURN_IF_ERROR(CheckRspReply("g", replies[2 * k + 1]));
+      Result<std::vector<std::uint8_t>> bytes = DecodeHexBytes(replies[2 * k + 1]);
+      if (!bytes.ok()) return bytes.status().WithContext("gdbstub 'g' reply for thread " + threads[first + k]);
+      out.push_back(std::move(*bytes));
+    }
+  }
+  return out;
+}
+
 Result<std::string> GdbStubClient::ReadXfer(std::string_view object, std::string_view annex,
                                             std::size_t max_bytes) {
   std::string out;
@@ -285,11 +340,17 @@ Status GdbStubClient::ReadMemory(std::uint64_t addr, std::span<std::uint8_t> out
 }
 
 Status GdbStubClient::WriteMemory(std::uint64_t addr, std::span<const std::uint8_t> data) {
-  for (const std::string& p : MemoryWritePackets(addr, data)) {
-    HV_ASSIGN_OR_RETURN(std::string r, Command(p));
-    Status s = CheckRspReply("M", r);
-    if (!s.ok()) return s.WithContext("writing at " + p.substr(1, p.find(',') - 1));
-    if (r != "OK") return InvalidArgument("gdbstub answered '" + r.substr(0, 16) + "' to M");
+  const std::vector<std::string> packets = MemoryWritePackets(addr, data);
+  // Pipelined: a 4 KiB page is two packets, one round trip.
+  for (std::size_t first = 0; first < packets.size(); first += kMaxBatch) {
+    const std::span<const std::string> batch(packets.data() + first, std::min(kMaxBatch, packets.size() - first));
+    HV_ASSIGN_OR_RETURN(std::vector<std::string> replies, CommandBatch(batch));
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::string& p = batch[i];
+      Status s = CheckRspReply("M", replies[i]);
+      if (!s.ok()) return s.WithContext("writing at " + p.substr(1, p.find(',') - 1));
+      if (replies[i] != "OK") return InvalidArgument("gdbstub answered '" + replies[i].substr(0, 16) + "' to M");
+    }
   }
   return Status::Ok();
 }

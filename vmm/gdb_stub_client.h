@@ -38,6 +38,15 @@ class GdbStubClient {
   //   kInvalidArgument   the stub sent garbage (oversize packet, repeated bad checksums)
   Result<std::string> Command(std::string_view payload);
 
+  // Sends every payload at once and returns their replies in order (stop replies skipped):
+  // one round trip instead of one per packet. QEMU's gdbstub handles the packets in the order
+  // it reads them and answers each, and it abandons waiting for the ack of a reply when the
+  // next packet starts (gdb_read_byte), so no ack is needed in between. At most kMaxBatch
+  // payloads. A nack cannot say which packet it refuses, so there is no retransmission here
+  // (a unix socket does not corrupt bytes): the batch then times out. Errors as Command().
+  static constexpr std::size_t kMaxBatch = 64;
+  Result<std::vector<std::string>> CommandBatch(std::span<const std::string> payloads);
+
   // Reads and acks whatever stop replies are already waiting, without blocking. Returns how
   // many there were. Errors as Command().
   Result<int> DrainStopReplies();
@@ -60,6 +69,9 @@ class GdbStubClient {
   Status SelectThread(std::string_view thread);
   // The decoded `g` reply of the selected thread.
   Result<std::vector<std::uint8_t>> ReadRegisters();
+  // Hg<thread> then `g` for each thread, pipelined (CommandBatch): the decoded registers of
+  // each, in order. Errors as SelectThread and ReadRegisters.
+  Result<std::vector<std::vector<std::uint8_t>>> ReadRegistersOf(std::span<const std::string> threads);
   // qXfer:<object>:read:<annex>, bounded to `max_bytes`.
   Result<std::string> ReadXfer(std::string_view object, std::string_view annex,
                                std::size_t max_bytes = 1u << 20);

@@ -278,6 +278,10 @@ Status QemuVm::StartGdbStub(const QemuVmOptions& options, bool vm_running) {
 Result<VcpuState> QemuVm::ReadVcpu(int index) {
   HV_RETURN_IF_ERROR(gdb_->SelectThread(threads_[static_cast<std::size_t>(index)]));
   HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> g, gdb_->ReadRegisters());
+  return DecodeVcpu(index, g);
+}
+
+Result<VcpuState> QemuVm::DecodeVcpu(int index, const std::vector<std::uint8_t>& g) const {
   VcpuState v;
   v.index = index;
   struct Field {
@@ -389,9 +393,11 @@ Result<std::vector<VcpuState>> QemuVm::VcpuStates() {
   // (the commit, then each WriteCode).
   if (pause_depth_ > 0 && vcpus_) return *vcpus_;
   HV_RETURN_IF_ERROR(RequirePaused());
+  // All vCPUs in one gdbstub round trip (Hg + g each, pipelined).
+  HV_ASSIGN_OR_RETURN(std::vector<std::vector<std::uint8_t>> regs, gdb_->ReadRegistersOf(threads_));
   std::vector<VcpuState> out;
-  for (std::size_t i = 0; i < threads_.size(); ++i) {
-    HV_ASSIGN_OR_RETURN(VcpuState v, ReadVcpu(static_cast<int>(i)));
+  for (std::size_t i = 0; i < regs.size(); ++i) {
+    HV_ASSIGN_OR_RETURN(VcpuState v, DecodeVcpu(static_cast<int>(i), regs[i]));
     out.push_back(v);
   }
   if (pause_depth_ > 0) vcpus_ = out;

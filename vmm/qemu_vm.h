@@ -97,6 +97,8 @@ class QemuVm final : public Vm {
   Status VerifyFastPath();
   Status RequirePaused();
   Result<VcpuState> ReadVcpu(int index);
+  // A vCPU's state from its `g` reply, through the register layout of target.xml.
+  Result<VcpuState> DecodeVcpu(int index, const std::vector<std::uint8_t>& g) const;
   // The host range holding [gpa, gpa+len), split by the caller at range ends.
   const HostRange* FindRange(std::uint64_t gpa) const;
   Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;

@@ -176,6 +176,37 @@ TEST(GdbStubClientTest, StopIfRunningRefusesAnAnswerThatIsNotAThreadId) {
   EXPECT_THAT((*c)->StopIfRunning(), StatusIs(Code::kInvalidArgument, HasSubstr("'OK' to 'qC'")));
 }
 
+TEST(GdbStubClientTest, ReadsEveryThreadsRegistersInOneBatch) {
+  std::string selected;
+  FakeStub stub("", [&selected](const std::string& p) -> std::string {
+    if (p.rfind("Hg", 0) == 0) {
+      if (p == "Hg03") return EncodeRspPacket("E22");
+      selected = p.substr(2);
+      // A stop reply nobody asked for, in the middle of the batch.
+      return selected == "02" ? EncodeRspPacket("T02thread:02;") + EncodeRspPacket("OK") : EncodeRspPacket("OK");
+    }
+    if (p == "g") return EncodeRspPacket(selected == "01" ? "aa01" : "bb02");
+    return EncodeRspPacket("");
+  });
+  {
+    auto c = GdbStubClient::Connect(stub.path(), 1000, 0);
+    ASSERT_THAT(c, IsOk());
+    const std::vector<std::string> threads = {"01", "02"};
+    auto regs = (*c)->ReadRegistersOf(threads);
+    ASSERT_THAT(regs, IsOk());
+    EXPECT_EQ(*regs, (std::vector<std::vector<std::uint8_t>>{{0xaa, 0x01}, {0xbb, 0x02}}));
+    EXPECT_EQ((*c)->unsolicited_stops(), 1);
+    const std::vector<std::string> bad = {"01", "03"};
+    EXPECT_THAT((*c)->ReadRegistersOf(bad), StatusIs(Code::kFailedPrecondition, HasSubstr("Hg03")));
+    const std::vector<std::string> too_many(GdbStubClient::kMaxBatch + 1, "g");
+    EXPECT_THAT((*c)->CommandBatch(too_many), StatusIs(Code::kInvalidArgument, HasSubstr("exceeds 64")));
+  }
+  stub.WaitClosed();
+  EXPECT_EQ(stub.received(), (std::vector<std::string>{"Hg01", "g", "Hg02", "g", "Hg01", "g", "Hg03", "g"}));
+  // Pipelined: no ack between the packets of a batch, one in front of the next batch.
+  EXPECT_EQ(stub.acks_before(), (std::vector<int>{0, 0, 0, 0, 1, 1, 1, 1}));
+}
+
 TEST(GdbStubClientTest, RetransmitsOnNackAndNacksCorruptPackets) {
   int calls = 0;
   FakeStub stub("", [&calls](const std::string& p) -> std::string {
