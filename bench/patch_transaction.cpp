@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -407,6 +408,8 @@ int main(int argc, char** argv) {
   const std::string load_after = LoadAverage();
   auto taint = guest.Check("cat /proc/sys/kernel/tainted");
   (void)guest.Stop();
+  std::error_code ignored;
+  std::filesystem::remove_all(state_dir, ignored);  // the ledger of a guest that is gone
 
   utsname u{};
   uname(&u);
