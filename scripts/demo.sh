@@ -36,6 +36,8 @@ if [ -x "$hvpatch" ]; then
   step "Live-patching cmdline_proc_show with $patch (no module is loaded in the guest)"
   "$hvpatch" apply "$target" "$patch"
   guest "cat /proc/cmdline"
+  step "Inside the guest, the agent shows it the way /sys/kernel/livepatch would"
+  guest "cd /run/hvpatch/livepatch && find hvp_sample | sort && cat hvp_sample/enabled"
   step "Patches applied to this guest"
   "$hvpatch" list "$target"
   step "Reverting"
