@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_support.h"
 #include "patcher/guest_kernel.h"
 #include "tests/harness/test_vm.h"
 #include "vmm/qemu_vm.h"
@@ -21,11 +22,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using hv::bench::Median;
 
 double Ms(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -39,28 +36,16 @@ int Fail(const hv::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int iterations = 10;
-  std::string target;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-      iterations = std::max(3, std::atoi(argv[++i]));
-    } else if (std::strncmp(argv[i], "qmp:", 4) == 0) {
-      target = argv[i] + 4;
-    } else {
-      std::fprintf(stderr, "usage: guest_kernel [--iterations N] [qmp:PATH]\n");
-      return 2;
-    }
+  hv::bench::BenchArgs args;
+  if (!hv::bench::ParseBenchArgs(argc, argv, "guest_kernel", 10, 3, &args)) return 2;
+  auto guest = hv::bench::StartGuestUnlessGiven(args);
+  if (!guest.ok()) return Fail(guest.status());
+  if (*guest) {
+    // A multi-threaded process, so the task walk has threads beyond the leaders.
+    if (auto r = (*guest)->Check("threads 5 > /dev/null 2>&1 & sleep 1"); !r.ok()) return Fail(r.status());
   }
-  std::unique_ptr<hv::testing::TestVm> guest;
-  if (target.empty()) {
-    hv::testing::TestVmOptions o;
-    o.agent = false;
-    auto g = hv::testing::TestVm::Start(o);
-    if (!g.ok()) return Fail(g.status());
-    guest = std::move(*g);
-    if (auto r = guest->Check("threads 5 > /dev/null 2>&1 & sleep 1"); !r.ok()) return Fail(r.status());
-    target = guest->qmp_path();
-  }
+  const int iterations = args.iterations;
+  const std::string target = args.qmp_path;
   auto vm = hv::vmm::QemuVm::Connect(target);
   if (!vm.ok()) return Fail(vm.status());
   hv::vmm::QemuVm& q = **vm;

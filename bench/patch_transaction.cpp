@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_support.h"
 #include "cli/ledger_file.h"
 #include "patcher/guest_kernel.h"
 #include "patcher/guest_kernel_view.h"
@@ -53,12 +54,7 @@ constexpr const char* kGuestKo = "/tmp/hvp_sample.ko";
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
+using hv::bench::Median;
 
 // Figures in the order they were first recorded, each a list of samples in milliseconds.
 class Samples {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_support.h"
 #include "tests/harness/test_vm.h"
 #include "vmm/qemu_vm.h"
 
@@ -37,27 +38,12 @@ int Fail(const hv::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int iterations = 20;
-  std::string target;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-      iterations = std::max(10, std::atoi(argv[++i]));
-    } else if (std::strncmp(argv[i], "qmp:", 4) == 0) {
-      target = argv[i] + 4;
-    } else {
-      std::fprintf(stderr, "usage: vm_access [--iterations N] [qmp:PATH]\n");
-      return 2;
-    }
-  }
-  std::unique_ptr<hv::testing::TestVm> guest;
-  if (target.empty()) {
-    hv::testing::TestVmOptions o;
-    o.agent = false;
-    auto g = hv::testing::TestVm::Start(o);
-    if (!g.ok()) return Fail(g.status());
-    guest = std::move(*g);
-    target = guest->qmp_path();
-  }
+  hv::bench::BenchArgs args;
+  if (!hv::bench::ParseBenchArgs(argc, argv, "vm_access", 20, 10, &args)) return 2;
+  auto guest = hv::bench::StartGuestUnlessGiven(args);
+  if (!guest.ok()) return Fail(guest.status());
+  const int iterations = args.iterations;
+  const std::string target = args.qmp_path;
   const auto t_open = Clock::now();
   auto vm = hv::vmm::QemuVm::Connect(target);
   if (!vm.ok()) return Fail(vm.status());
@@ -98,6 +84,6 @@ int main(int argc, char** argv) {
               states / bare);
   std::printf("%-34s %9.3f %8.2f\n", "ReadPhys 16 MiB (fast path)", read16, read16 / bare);
   vm->reset();
-  if (guest) (void)guest->Stop();
+  if (*guest) (void)(*guest)->Stop();
   return 0;
 }
