@@ -188,7 +188,6 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   for (const FunctionPlan& f : planned.functions) {
     FunctionReport fr{f.klp.old_name, f.klp.object, f.klp.old_sympos, f.old_va, f.entry.site_va, f.new_va,
                       std::string(EntryKindName(f.entry.kind)), ""};
-    plan.busy.push_back({f.old_va, f.old_va + std::max<std::uint64_t>(f.old_size, 1), f.klp.old_name});
     if (f.stacked) {
       // The patch below keeps serving until the switch: its code must be idle too.
       const LedgerPatch* below = ledger.TopAt(f.entry.site_va);
