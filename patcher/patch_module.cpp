@@ -112,6 +112,12 @@ class PatchModuleParser {
     return std::move(m_);
   }
 
+  // The ELF container alone, for ReadRelocatableElf.
+  Result<RelocatableElf> ParseElf() {
+    HV_RETURN_IF_ERROR(ReadElf());
+    return RelocatableElf{std::move(m_.sections_), std::move(m_.symbols_)};
+  }
+
  private:
   // --- ELF container -------------------------------------------------------------------------
 
@@ -674,6 +680,13 @@ Result<PatchModule> PatchModule::Load(std::span<const std::uint8_t> bytes, std::
           .WithContext("loading patch '" + std::string(file_name) + "'");
     }
   }
+  return r;
+}
+
+Result<RelocatableElf> ReadRelocatableElf(std::span<const std::uint8_t> bytes, std::string_view file_name) {
+  PatchModuleParser parser(bytes, file_name);
+  auto r = parser.ParseElf();
+  if (!r.ok()) return r.status().WithContext("reading object '" + std::string(file_name) + "'");
   return r;
 }
 
