@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "base/hex.h"
 
@@ -28,7 +29,25 @@ std::string Kind(const ObjectEntity& e) {
   return e.global ? "global data" : "static data";
 }
 
+struct MetadataTable {
+  std::string_view name;
+  std::uint64_t entry;
+};
+// struct bug_entry (DEBUG_BUGVERBOSE), exception_table_entry, alt_instr: 12; jump_entry: 16;
+// static_call_site: 8; paravirt_patch_site: 16; .smp_locks: one s32.
+constexpr MetadataTable kMetadataTables[] = {
+    {"__bug_table", 12}, {"__ex_table", 12}, {".altinstructions", 12}, {"__jump_table", 16},
+    {".static_call_sites", 8}, {".parainstructions", 16}, {".smp_locks", 4},
+};
+
 }  // namespace
+
+std::uint64_t MetadataEntrySize(std::string_view section) {
+  for (const auto& t : kMetadataTables) {
+    if (t.name == section) return t.entry;
+  }
+  return 0;
+}
 
 std::string FirstDifference(const ObjectEntity& a, const ObjectEntity& b) {
   if (a.size != b.size) {
@@ -198,8 +217,52 @@ Result<ObjectDiff> CompareObjects(const KernelObject& orig, const KernelObject& 
       kernel_names[e->name] = o->name;
     }
   }
+  // 4. Metadata entries of carried code, and what they refer to (bug_entry's file name string,
+  // alternatives' replacement code): carried too, through the same closure.
+  for (std::uint32_t si = 0; si < secs.size(); ++si) {
+    const std::uint64_t es = MetadataEntrySize(secs[si].name);
+    if (es == 0 || secs[si].size % es != 0) continue;
+    for (const auto& r : secs[si].relocations) {
+      if (r.offset % es != 0) continue;  // the first field names the code
+      const auto& sym = patched.elf().symbols[r.symbol];
+      if (sym.section >= secs.size() || !sections.count(sym.section)) continue;
+      d.carried_entries.push_back({si, r.offset, es});
+      for (const auto& q : secs[si].relocations) {
+        if (q.offset < r.offset || q.offset >= r.offset + es) continue;
+        const auto& qs = patched.elf().symbols[q.symbol];
+        if (qs.section == SHN_UNDEF || qs.section >= secs.size() || sections.count(qs.section)) continue;
+        const RelocTarget t = patched.TargetOf(q);
+        const ObjectEntity* e = t.kind == RelocTarget::Kind::kSymbol ? patched.Find(t.name) : nullptr;
+        if (e != nullptr && !e->function) {
+          if (const ObjectEntity* o = Match(orig, *e)) {
+            kernel_names[e->name] = o->name;  // a static key, say: the running kernel's
+            continue;
+          }
+        }
+        carry_section(qs.section);
+      }
+    }
+  }
+  while (!work.empty()) {  // what the newly carried sections refer to
+    const std::uint32_t s = work.front();
+    work.pop_front();
+    for (const auto& r : secs[s].relocations) {
+      const auto& sym = patched.elf().symbols[r.symbol];
+      if (sym.section == SHN_UNDEF || sym.section >= secs.size() || sections.count(sym.section)) continue;
+      const RelocTarget t = patched.TargetOf(r);
+      const ObjectEntity* e = t.kind == RelocTarget::Kind::kSymbol ? patched.Find(t.name) : nullptr;
+      const ObjectEntity* o = e != nullptr ? Match(orig, *e) : nullptr;
+      if (o != nullptr && !carried.count(e->name)) {
+        kernel_names[e->name] = o->name;
+      } else {
+        carry_section(sym.section);
+      }
+    }
+  }
   d.carried_sections.assign(sections.begin(), sections.end());
   d.kernel_names.assign(kernel_names.begin(), kernel_names.end());
+  std::sort(d.carried_entries.begin(), d.carried_entries.end(),
+            [](const auto& a, const auto& b) { return std::tie(a.section, a.offset) < std::tie(b.section, b.offset); });
   std::sort(d.new_data.begin(), d.new_data.end());
   d.new_data.erase(std::unique(d.new_data.begin(), d.new_data.end()), d.new_data.end());
   return d;

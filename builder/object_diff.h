@@ -37,6 +37,17 @@ struct ObjectDiff {
   // entity name.
   std::vector<std::pair<std::string, std::string>> kernel_names;
 
+  // Entries of the object's kernel-metadata tables (__bug_table, __ex_table, .altinstructions,
+  // __jump_table, .static_call_sites, .smp_locks, .parainstructions) that belong to carried code:
+  // the module carries them, so the kernel handles the new code as it handled the old (an
+  // in-guest load applies them; hvpatch refuses what it cannot apply yet, by name).
+  struct Entry {
+    std::uint32_t section = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t size = 0;
+  };
+  std::vector<Entry> carried_entries;
+
   bool empty() const { return replaced.empty() && new_functions.empty(); }
 };
 
@@ -48,6 +59,10 @@ struct ObjectDiff {
 //  - the exported interface changes (a symbol newly exported or no longer exported);
 //  - a carried function refers to writable data that no symbol names.
 Result<ObjectDiff> CompareObjects(const KernelObject& orig, const KernelObject& patched);
+
+// The entry size of a kernel-metadata table (Linux 6.1 x86-64 layouts), or 0 if `section` is not
+// one. The first field of every entry refers to the code it describes.
+std::uint64_t MetadataEntrySize(std::string_view section);
 
 // The first difference between two functions (or data objects), or "" if they are the same.
 std::string FirstDifference(const ObjectEntity& a, const ObjectEntity& b);
