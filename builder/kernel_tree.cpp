@@ -112,7 +112,9 @@ Result<KernelSource> FetchDebianKernel(const std::string& release, const std::st
   ks.release = release;
   ks.config = dir + "/config";
   ks.module_symvers = dir + "/Module.symvers";
-  ks.system_map = dir + "/System.map";
+  // No System.map: Debian's linux-image ships a placeholder ("The real System.map is in the
+  // linux-image-<version>-dbg package"). Static symbols then get sympos 0, and hvpatch's run-pre
+  // picks among same-named ones at apply (docs/build.md).
   const std::string stamp = dir + "/fetched";
   // "6.1.0-47-cloud-amd64" -> "6.1"
   const auto dot2 = release.find('.', release.find('.') + 1);
@@ -134,17 +136,12 @@ Result<KernelSource> FetchDebianKernel(const std::string& release, const std::st
   if (ec) return ErrnoError("creating '" + dir + "'", ec.value()).WithContext(ctx);
   const std::string log = dir + "/fetch.log";
   auto run = [&](const std::string& script) { return RunLogged({"sh", "-c", script}, log, dir); };
-  // The image package carries System.map; its -unsigned build is the same kernel.
   HV_RETURN_IF_ERROR(run("cd debs && apt-get download -q " + Sh("linux-source-" + series + "=" + ver) + " " +
-                         Sh("linux-headers-" + release + "=" + ver) + " " +
-                         Sh("linux-image-" + release + "-unsigned=" + ver))
+                         Sh("linux-headers-" + release + "=" + ver))
                          .WithContext(ctx));
   HV_RETURN_IF_ERROR(run("dpkg-deb -x debs/linux-headers-*.deb hdr && cp hdr/usr/src/linux-headers-" + release +
                          "/.config config && cp hdr/usr/src/linux-headers-" + release +
                          "/Module.symvers Module.symvers && rm -rf hdr")
-                         .WithContext(ctx));
-  HV_RETURN_IF_ERROR(run("dpkg-deb --fsys-tarfile debs/linux-image-*.deb | tar -xO ./boot/System.map-" + release +
-                         " > System.map")
                          .WithContext(ctx));
   HV_RETURN_IF_ERROR(run("dpkg-deb --fsys-tarfile debs/linux-source-*.deb | tar -xO ./usr/src/linux-source-" + series +
                          ".tar.xz | tar -xJ && rm -rf debs")

@@ -20,12 +20,12 @@ struct KernelSource {
   std::string config;         // the kernel's .config
   std::string release;        // `uname -r` of that kernel (KERNELRELEASE: the modules' vermagic)
   std::string module_symvers; // vmlinux's exports (Module.symvers), or ""
-  std::string system_map;     // System.map, or ""
+  std::string system_map;     // System.map (or a guest's /proc/kallsyms), or ""
 };
 
 // Downloads (once, cached under `cache_dir`/debian/RELEASE) Debian's linux-source-X.Y of the
-// version that built `release`, the .config and Module.symvers of linux-headers-RELEASE and the
-// System.map of linux-image-RELEASE(-unsigned), with apt-get download.
+// version that built `release` and the .config and Module.symvers of linux-headers-RELEASE, with
+// apt-get download. (Debian ships no real System.map outside the -dbg package.)
 // Errors: kNotFound if the archive has no such kernel; kUnavailable if a command fails (its log
 // is named).
 Result<KernelSource> FetchDebianKernel(const std::string& release, const std::string& cache_dir);

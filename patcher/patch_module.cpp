@@ -217,7 +217,9 @@ class PatchModuleParser {
                                " is not a power of two");
       }
       s.align = sh.sh_addralign == 0 ? 1 : sh.sh_addralign;
-      if (s.allocated() && sh.sh_type != SHT_NOBITS) {
+      // hvpatch's own non-allocated sections (the run-pre records of `hvpatch build`) are read too.
+      const bool ours = !s.allocated() && sh.sh_type == SHT_PROGBITS && s.name.rfind(".hvpatch.", 0) == 0;
+      if ((s.allocated() || ours) && sh.sh_type != SHT_NOBITS) {
         if (sh.sh_size > kMaxSectionBytes) {
           return InvalidArgument("section '" + s.name + "' is too large (" + Hex(sh.sh_size) + " bytes)");
         }
