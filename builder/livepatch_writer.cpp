@@ -332,8 +332,10 @@ RunPreFunction RunPreRecord(const KernelObject& orig, const ObjectEntity& f) {
   for (const auto& r : f.relocations) {
     const std::size_t w = std::max<std::size_t>(RelocationWidth(r.type), 1);
     for (std::size_t k = 0; k < w && r.offset + k < rp.code.size(); ++k) rp.code[r.offset + k] = 0;
+    const bool named = r.target.kind == RelocTarget::Kind::kSymbol;
     rp.holes.push_back({static_cast<std::uint32_t>(r.offset), static_cast<std::uint8_t>(w),
-                        r.target.kind == RelocTarget::Kind::kSymbol ? r.target.name : std::string()});
+                        static_cast<std::uint8_t>(r.type), named ? r.target.offset : 0,
+                        named ? r.target.name : std::string()});
   }
   const auto& secs = orig.elf().sections;
   for (const auto& t : kVolatileTables) {

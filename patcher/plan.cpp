@@ -131,6 +131,14 @@ Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolRe
     if (!bytes.ok()) return bytes.status().WithContext("run-pre: reading '" + record.name + "' at " + Hex(sym.address));
     auto m = MatchRunPre(record, *bytes);
     if (!m) {
+      // What the code refers to must be the guest's too (for the names kallsyms knows uniquely).
+      m = MatchRunPreRelocations(record, *bytes, sym.address, [&](const std::string& name) -> std::optional<std::uint64_t> {
+        auto r = resolver.Resolve(name, "", 0);
+        if (!r.ok()) return std::nullopt;
+        return r->address;
+      });
+    }
+    if (!m) {
       matches.push_back({sym, pos});
       continue;
     }

@@ -8,7 +8,7 @@ namespace hv::patcher {
 
 namespace {
 
-constexpr char kMagic[8] = {'H', 'V', 'R', 'U', 'N', 'P', 'R', '1'};
+constexpr char kMagic[8] = {'H', 'V', 'R', 'U', 'N', 'P', 'R', '2'};
 constexpr std::uint32_t kMaxFunctions = 4096;
 constexpr std::uint32_t kMaxCode = 1u << 20;
 constexpr std::uint32_t kMaxEntries = 1u << 16;
@@ -81,6 +81,8 @@ std::vector<std::uint8_t> SerializeRunPre(const std::vector<RunPreFunction>& fun
     for (const auto& h : f.holes) {
       Put(o, h.offset, 4);
       Put(o, h.width, 1);
+      Put(o, h.type, 1);
+      Put(o, static_cast<std::uint64_t>(h.addend), 8);
       PutString(o, h.target);
     }
     Put(o, f.volatiles.size(), 4);
@@ -117,6 +119,10 @@ Result<std::vector<RunPreFunction>> ParseRunPre(std::span<const std::uint8_t> by
         RunPreHole h;
         HV_ASSIGN_OR_RETURN(std::uint64_t off, r.Get(4, w + " hole offset"));
         HV_ASSIGN_OR_RETURN(std::uint64_t width, r.Get(1, w + " hole width"));
+        HV_ASSIGN_OR_RETURN(std::uint64_t type, r.Get(1, w + " hole type"));
+        HV_ASSIGN_OR_RETURN(std::uint64_t addend, r.Get(8, w + " hole addend"));
+        h.type = static_cast<std::uint8_t>(type);
+        h.addend = static_cast<std::int64_t>(addend);
         HV_ASSIGN_OR_RETURN(h.target, r.GetString(w + " hole target"));
         if (width == 0 || off + width > size) return InvalidArgument(w + " ('" + f.name + "') hole at " + Hex(off) + " is outside its code");
         h.offset = static_cast<std::uint32_t>(off);
@@ -188,6 +194,47 @@ std::optional<RunPreMismatch> MatchRunPre(const RunPreFunction& f, std::span<con
   for (std::size_t i = 0; i < n; ++i) {
     if (skip[i] || guest[i] == f.code[i]) continue;
     return RunPreMismatch{i, "guest has " + Hex(guest[i]) + ", the build " + Hex(f.code[i])};
+  }
+  return std::nullopt;
+}
+
+std::optional<RunPreMismatch> MatchRunPreRelocations(
+    const RunPreFunction& f, std::span<const std::uint8_t> guest, std::uint64_t va,
+    const std::function<std::optional<std::uint64_t>(const std::string&)>& resolve) {
+  for (const auto& h : f.holes) {
+    if (h.target.empty() || h.target == "__fentry__" || h.target == "__x86_return_thunk" ||
+        StartsWith(h.target, "__x86_indirect_thunk_")) {
+      continue;
+    }
+    if (h.offset + h.width > guest.size()) continue;
+    bool in_volatile = false;
+    for (const auto& v : f.volatiles) {
+      if (h.offset < v.offset + v.length && v.offset < h.offset + h.width) in_volatile = true;
+    }
+    if (in_volatile) continue;
+    const auto target = resolve(h.target);
+    if (!target) continue;
+    const std::uint64_t sa = *target + static_cast<std::uint64_t>(h.addend);
+    std::uint64_t want = 0;
+    std::uint64_t have = 0;
+    std::memcpy(&have, guest.data() + h.offset, h.width);
+    switch (h.type) {
+      case 2: case 4:  // R_X86_64_PC32, R_X86_64_PLT32
+        want = static_cast<std::uint32_t>(sa - (va + h.offset));
+        break;
+      case 10: case 11:  // R_X86_64_32, R_X86_64_32S
+        want = static_cast<std::uint32_t>(sa);
+        break;
+      case 1:  // R_X86_64_64
+        want = sa;
+        break;
+      default:
+        continue;
+    }
+    if (want != have) {
+      return RunPreMismatch{h.offset, "the guest's code refers elsewhere than '" + h.target + "'" +
+                                          (h.addend != 0 ? " + " + std::to_string(h.addend) : std::string())};
+    }
   }
   return std::nullopt;
 }

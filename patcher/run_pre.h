@@ -5,13 +5,15 @@
 //
 // The records travel in a non-allocated section of the module, kRunPreSection (an in-guest
 // insmod ignores it). Format, little-endian:
-//   "HVRUNPR1" u32 count, then per function:
+//   "HVRUNPR2" u32 count, then per function:
 //     u16 len + name, u16 len + object ("vmlinux" or a module), u32 size + code (relocation fields
-//     zero), u32 count + holes {u32 offset, u8 width, u16 len + target symbol},
+//     zero), u32 count + holes {u32 offset, u8 width, u8 type (R_X86_64_*), i64 addend,
+//     u16 len + target symbol},
 //     u32 count + volatile ranges {u32 offset, u8 length, u8 kind}
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -35,7 +37,9 @@ enum class VolatileKind : std::uint8_t {
 struct RunPreHole {
   std::uint32_t offset = 0;  // of the relocation field
   std::uint8_t width = 4;
-  std::string target;        // the symbol it refers to ("__fentry__", "__x86_return_thunk", ...)
+  std::uint8_t type = 0;     // R_X86_64_PC32, _PLT32, _32S, _64
+  std::int64_t addend = 0;   // from `target`'s address (the field holds target + addend [- place])
+  std::string target;        // the symbol it refers to ("__fentry__", "kfree", ...); "" if none
 };
 
 struct RunPreVolatile {
@@ -70,5 +74,14 @@ struct RunPreMismatch {
 // call or jmp through a retpoline thunk -> an indirect call/jmp padded with nops/int3.
 // Returns nullopt on a match, else the first differing offset.
 std::optional<RunPreMismatch> MatchRunPre(const RunPreFunction& f, std::span<const std::uint8_t> guest);
+
+// The relocation fields too (Ksplice's run-pre checks what the code refers to, not only its
+// bytes): a field whose target `resolve` knows must hold what the relocation would have written
+// for code at `va`. `resolve` returns the target's address, or nullopt when it cannot tell (a
+// static name of several, a string literal); such fields, and those the kernel rewrites at boot
+// (ftrace, return thunks, retpolines, volatile ranges), are skipped.
+std::optional<RunPreMismatch> MatchRunPreRelocations(
+    const RunPreFunction& f, std::span<const std::uint8_t> guest, std::uint64_t va,
+    const std::function<std::optional<std::uint64_t>(const std::string&)>& resolve);
 
 }  // namespace hv::patcher

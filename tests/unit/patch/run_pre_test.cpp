@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 
 #include "fake_resolver.h"
@@ -23,7 +24,7 @@ RunPreFunction Record() {
   RunPreFunction f;
   f.name = "limit_check";
   f.code = {0xe8, 0, 0, 0, 0, 0x89, 0xf8, 0x83, 0xc0, 0x01, 0xe9, 0, 0, 0, 0};
-  f.holes = {{1, 4, "__fentry__"}, {11, 4, "__x86_return_thunk"}};
+  f.holes = {{1, 4, 4, -4, "__fentry__"}, {11, 4, 4, -4, "__x86_return_thunk"}};
   return f;
 }
 
@@ -83,6 +84,33 @@ TEST(RunPre, NamesTheFirstDifferingOffset) {
   g[0] = 0x55;
   ASSERT_TRUE(MatchRunPre(Record(), g).has_value());
   EXPECT_EQ(MatchRunPre(Record(), g)->offset, 0u);
+}
+
+TEST(RunPre, RelocationFieldsMustReferToTheSameSymbols) {
+  // `call kfree` at offset 5 of a function at 0xffffffff81001000.
+  RunPreFunction f;
+  f.name = "drop";
+  f.code = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0xe8, 0, 0, 0, 0, 0xc3};
+  f.holes = {{6, 4, 4 /* R_X86_64_PLT32 */, -4, "kfree"}};
+  const std::uint64_t va = 0xffffffff81001000;
+  const std::uint64_t kfree = 0xffffffff81200000;
+  const std::int32_t rel = static_cast<std::int32_t>(kfree - 4 - (va + 6));
+  std::vector<std::uint8_t> g = f.code;
+  std::memcpy(g.data() + 6, &rel, 4);
+  auto resolve = [&](const std::string& n) -> std::optional<std::uint64_t> {
+    if (n == "kfree") return kfree;
+    return std::nullopt;
+  };
+  EXPECT_EQ(MatchRunPre(f, g), std::nullopt);
+  EXPECT_EQ(MatchRunPreRelocations(f, g, va, resolve), std::nullopt);
+  // The same bytes calling another function: a difference at the field.
+  const std::int32_t other = rel + 0x40;
+  std::memcpy(g.data() + 6, &other, 4);
+  EXPECT_EQ(MatchRunPre(f, g), std::nullopt);
+  auto m = MatchRunPreRelocations(f, g, va, resolve);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->offset, 6u);
+  EXPECT_EQ(m->detail, "the guest's code refers elsewhere than 'kfree' + -4");
 }
 
 class Text : public GuestCodeReader {
