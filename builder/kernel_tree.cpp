@@ -153,7 +153,7 @@ Result<KernelSource> FetchDebianKernel(const std::string& release, const std::st
 Result<PreparedTree> PrepareTree(const KernelSource& source, const std::string& cache_dir) {
   const std::string ctx = "preparing kernel tree '" + source.source_dir + "'";
   HV_ASSIGN_OR_RETURN(std::string config, ReadText(source.config));
-  const std::size_t key = std::hash<std::string>{}(fs::absolute(source.source_dir).string() + '\n' + source.release +
+  const std::size_t key = std::hash<std::string>{}(fs::weakly_canonical(source.source_dir).string() + '\n' + source.release +
                                                    '\n' + config);
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016zx", key);

@@ -89,9 +89,8 @@ Result<BuildReport> Build(const BuildRequest& q) {
   const Status reverted = ApplyDiff(tree, q.diff, true, rep.log);
   if (!after.ok()) return after.status().WithContext("with the fix applied");
   HV_RETURN_IF_ERROR(reverted);
-  // Leave the objects of the unpatched source in the tree, for the next build.
-  HV_ASSIGN_OR_RETURN(auto again, BuildObjects(tree, objects, rep.log));
-  (void)again;
+  // The tree's objects are now the patched build's; BuildObjects removes them before every build,
+  // so the next build starts from the reverted source anyway.
 
   std::vector<ComparedObject> compared;
   for (std::size_t i = 0; i < objects.size(); ++i) {

@@ -14,6 +14,8 @@ pkgs=(
   qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
   # kbuild for the test patch modules
   make gcc bc
+  # hvpatch build: preparing a kernel source tree (olddefconfig, prepare, objtool) and patching it
+  flex bison libssl-dev dwarves patch
   # integration tests: a private libvirtd
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
