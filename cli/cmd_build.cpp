@@ -1,13 +1,14 @@
-// hvpatch build [--kernel RELEASE] [--source DIR --config FILE] [--name NAME] [--cache DIR]
-//               -o OUT.ko FIX.diff
-// A livepatch module from a kernel source diff (builder/, docs/build.md). It needs no domain:
-// the kernel is named by its release (`uname -r` in the guest).
+// hvpatch build [DOMAIN] [--kernel RELEASE] [--source DIR --config FILE] [--name NAME]
+//               [--cache DIR] -o OUT.ko FIX.diff
+// A livepatch module from a kernel source diff (builder/, docs/build.md). The kernel is named by
+// its release (`uname -r` in the guest), or read from DOMAIN's memory.
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "builder/patch_build.h"
 #include "cli/command.h"
 #include "cli/ledger_file.h"
+#include "cli/session.h"
 
 namespace hv::cli {
 
@@ -15,6 +16,7 @@ extern const Command kBuildCommand;
 
 static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args) {
   builder::BuildRequest q;
+  std::vector<std::string> positional;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&](std::string* out) {
@@ -30,11 +32,19 @@ static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args
     else if (a == "--cache") ok = value(&q.cache_dir);
     else if (a == "-o") ok = value(&q.output);
     else if (!a.empty() && a[0] == '-') return UsageError(kBuildCommand, "unknown option '" + a + "'");
-    else if (q.diff.empty()) q.diff = a;
-    else return UsageError(kBuildCommand, "more than one FIX.diff");
+    else positional.push_back(a);
     if (!ok) return UsageError(kBuildCommand, "option '" + a + "' needs a value");
   }
-  if (q.diff.empty()) return UsageError(kBuildCommand, "expected FIX.diff");
+  if (positional.empty()) return UsageError(kBuildCommand, "expected FIX.diff");
+  if (positional.size() > 2) return UsageError(kBuildCommand, "expected [DOMAIN] FIX.diff");
+  q.diff = positional.back();
+  if (positional.size() == 2) {
+    // The running kernel's release, from the guest's memory (vmcoreinfo's OSRELEASE).
+    if (!q.release.empty()) return UsageError(kBuildCommand, "give DOMAIN or --kernel, not both");
+    auto session = OpenSession(o, positional[0], false);
+    if (!session.ok()) return ReportError(o, session.status());
+    q.release = (*session)->kernel->Summary().release;
+  }
   if (q.output.empty()) return UsageError(kBuildCommand, "expected -o OUT.ko");
   if (q.release.empty() && q.source_dir.empty()) {
     return UsageError(kBuildCommand, "expected --kernel RELEASE, or --source DIR and --config FILE");
@@ -65,7 +75,7 @@ static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args
 
 const Command kBuildCommand = {
     "build", RunBuild,
-    "build [--kernel RELEASE | --source DIR --config FILE] [--name NAME] [--cache DIR] -o OUT.ko FIX.diff",
+    "build [DOMAIN | --kernel RELEASE] [--source DIR --config FILE] [--name NAME] [--cache DIR] -o OUT.ko FIX.diff",
     "a livepatch module from a kernel source diff (run-pre matched at apply)"};
 
 }  // namespace hv::cli
