@@ -3,7 +3,11 @@
 // A livepatch module from a kernel source diff (builder/, docs/build.md). The kernel is named by
 // its release (`uname -r` in the guest), or read from DOMAIN's memory.
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "base/hex.h"
 
 #include "builder/patch_build.h"
 #include "cli/command.h"
@@ -35,6 +39,10 @@ static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args
     else positional.push_back(a);
     if (!ok) return UsageError(kBuildCommand, "option '" + a + "' needs a value");
   }
+  if (q.cache_dir.empty()) {
+    const char* env = std::getenv("HVPATCH_BUILD_CACHE");
+    q.cache_dir = env && *env ? env : StateDir(o.state_dir) + "/build";
+  }
   if (positional.empty()) return UsageError(kBuildCommand, "expected FIX.diff");
   if (positional.size() > 2) return UsageError(kBuildCommand, "expected [DOMAIN] FIX.diff");
   q.diff = positional.back();
@@ -44,17 +52,25 @@ static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args
     auto session = OpenSession(o, positional[0], false);
     if (!session.ok()) return ReportError(o, session.status());
     q.release = (*session)->kernel->Summary().release;
+    // The guest's own kallsyms gives static symbols their sympos (Debian ships no System.map).
+    if (q.system_map.empty()) {
+      std::string map;
+      for (const auto& sym : (*session)->kernel->symbols().symbols()) {
+        if (!sym.module.empty()) continue;
+        map += Hex(sym.address).substr(2) + " " + sym.type + " " + sym.name + "\n";
+      }
+      std::error_code ec;
+      std::filesystem::create_directories(q.cache_dir, ec);
+      q.system_map = q.cache_dir + "/kallsyms-" + q.release;
+      std::ofstream(q.system_map) << map;
+    }
   }
   if (q.output.empty()) return UsageError(kBuildCommand, "expected -o OUT.ko");
   if (q.release.empty() && q.source_dir.empty()) {
     return UsageError(kBuildCommand, "expected --kernel RELEASE, or --source DIR and --config FILE");
   }
   // With --source, --kernel only names the release (the modules' vermagic); nothing is fetched.
-  q.system_map = o.system_map;
-  if (q.cache_dir.empty()) {
-    const char* env = std::getenv("HVPATCH_BUILD_CACHE");
-    q.cache_dir = env && *env ? env : StateDir(o.state_dir) + "/build";
-  }
+  if (!o.system_map.empty()) q.system_map = o.system_map;
   auto r = builder::BuildLivePatch(q);
   if (!r.ok()) return ReportError(o, r.status());
   if (o.json) {
