@@ -235,6 +235,12 @@ Status ApplyDiff(const PreparedTree& tree, const std::string& diff_path, bool re
   return RunLogged(argv, log).WithContext(std::string(reverse ? "reverting" : "applying") + " '" + diff_path + "'");
 }
 
+Result<std::string> StructLayouts(const std::string& object) {
+  auto r = Capture("pahole " + Sh(object) + " 2>/dev/null");
+  if (!r.ok()) return r.status().WithContext("reading the struct layouts of '" + object + "'").WithHint("install dwarves");
+  return r;
+}
+
 Status BuildModule(const PreparedTree& tree, const std::string& dir, const std::string& log) {
   auto argv = Make(tree);
   argv.push_back("M=" + fs::absolute(dir).string());

@@ -60,6 +60,10 @@ Status ApplyDiff(const PreparedTree& tree, const std::string& diff_path, bool re
 // dir/NAME.ko. Modpost's "undefined" for .klp.sym symbols is expected (KBUILD_MODPOST_WARN).
 Status BuildModule(const PreparedTree& tree, const std::string& dir, const std::string& log);
 
+// pahole's description of the structs in `object` (its DWARF), for CheckStructLayouts.
+// Errors: kUnavailable if pahole (dwarves) fails.
+Result<std::string> StructLayouts(const std::string& object);
+
 // Runs `argv` (under nice -n 10), appending its output to `log`. Errors: kUnavailable with the
 // exit status and the log's path.
 Status RunLogged(const std::vector<std::string>& argv, const std::string& log, const std::string& cwd = "");

@@ -11,6 +11,7 @@
 #include "builder/klp_finalizer.h"
 #include "builder/livepatch_writer.h"
 #include "builder/object_diff.h"
+#include "builder/struct_layout.h"
 
 namespace hv::builder {
 
@@ -96,6 +97,13 @@ Result<BuildReport> Build(const BuildRequest& q) {
   for (std::size_t i = 0; i < objects.size(); ++i) {
     HV_ASSIGN_OR_RETURN(KernelObject orig, KernelObject::Read(before[i], objects[i]));
     HV_ASSIGN_OR_RETURN(KernelObject patched, KernelObject::Read((*after)[i], objects[i]));
+    // Struct layouts first: a changed layout also changes functions, and is the real reason.
+    const std::string base = work + "/" + std::to_string(i);
+    HV_RETURN_IF_ERROR(WriteText(base + ".orig.o", std::string(before[i].begin(), before[i].end())));
+    HV_RETURN_IF_ERROR(WriteText(base + ".patched.o", std::string((*after)[i].begin(), (*after)[i].end())));
+    HV_ASSIGN_OR_RETURN(std::string layouts_before, StructLayouts(base + ".orig.o"));
+    HV_ASSIGN_OR_RETURN(std::string layouts_after, StructLayouts(base + ".patched.o"));
+    HV_RETURN_IF_ERROR(CheckStructLayouts(layouts_before, layouts_after).WithContext("comparing '" + objects[i] + "'"));
     HV_ASSIGN_OR_RETURN(ObjectDiff d, CompareObjects(orig, patched));
     if (d.empty()) continue;
     for (const auto& f : d.replaced) rep.replaced.push_back(f.old_name + " in " + objects[i] + ": " + f.difference);

@@ -131,6 +131,20 @@ TEST_F(BuildTest, GlobalDataChangeIsRefusedByName) {
   EXPECT_FALSE(fs::exists(work_ / "pipe_max_size.ko"));
 }
 
+// Acceptance 4: a struct that existing code uses changes layout (block/blk-stat.c's own struct):
+// refused by name, from the objects' DWARF, although only the functions' bytes would show it.
+TEST_F(BuildTest, StructLayoutChangeIsRefusedByName) {
+  const std::string diff = (work_ / "blk-queue-stats.diff").string();
+  std::ofstream(diff) << "--- a/block/blk-stat.c\n+++ b/block/blk-stat.c\n@@ -18 +18,2 @@\n"
+                         " \tint accounting;\n"
+                         "+\tint hits;\n";
+  const HvpatchRun r = Build(diff, (work_ / "blk_queue_stats.ko").string());
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("comparing 'block/blk-stat.o': struct layout changes: 'struct blk_queue_stats' "
+                               "(size 24 -> 32 bytes)"));
+  EXPECT_FALSE(fs::exists(work_ / "blk_queue_stats.ko"));
+}
+
 // Acceptance 1 and 2 on the 6.1.170-3 guest, one guest for both.
 TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
   for (const auto& f : kFixes) ASSERT_EQ(builds_[f.id].exit_code, 0) << f.diff;
