@@ -12,6 +12,8 @@ pkgs=(
   nlohmann-json3-dev libgtest-dev libgmock-dev
   # guests: QEMU TCG, busybox initramfs, kernel package extraction
   qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
+  # the KVM lab's disks (mke2fs -d)
+  e2fsprogs
   # kbuild for the test patch modules
   make gcc bc
   # integration tests: a private libvirtd
