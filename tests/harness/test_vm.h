@@ -24,6 +24,9 @@ namespace hv::testing {
 
 struct TestVmOptions {
   int smp = 2;
+  // "tcg", or "kvm" (with `-cpu host`: the KVM suite runs the harness inside the nested lab's
+  // L1). Empty: $HVPATCH_TEST_ACCEL, else "tcg" (so any suite or bench can run under KVM).
+  std::string accel;
   int mem_mib = 512;
   bool arena = true;
   bool agent = true;            // append the built hvpatch-agent to the initramfs
@@ -89,6 +92,7 @@ class TestVm {
 // Paths the build compiled in (overridable by environment for relocated trees):
 //   HVPATCH_IMAGES  the images/ output directory
 //   HVPATCH_AGENT   the hvpatch-agent binary to append to the initramfs
+//   HVPATCH_TEST_ACCEL  the accelerator when TestVmOptions::accel is empty (default tcg)
 std::string ImagesDir();
 std::string AgentBinary();
 // A built test patch module: ImagesDir()/patches/NAME.ko
