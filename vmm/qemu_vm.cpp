@@ -98,6 +98,11 @@ Status QemuVm::Setup(const std::string& qmp_path, const QemuVmOptions& options) 
   HV_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, qo));
   HV_ASSIGN_OR_RETURN(const bool was_running, Running());
   HV_RETURN_IF_ERROR(FindPid());
+  HV_ASSIGN_OR_RETURN(json kvm, qmp_->Execute("query-kvm"));
+  auto enabled = kvm.find("enabled");
+  kvm_ = enabled != kvm.end() && enabled->is_boolean() && enabled->get<bool>();
+  const char* path = std::getenv("HVPATCH_CODE_WRITE");
+  direct_code_writes_ = kvm_ && !(path != nullptr && std::strcmp(path, "gdbstub") == 0);
   HV_ASSIGN_OR_RETURN(json uuid, qmp_->Execute("query-uuid"));
   uuid_ = JsonString(uuid, "UUID");
   HV_RETURN_IF_ERROR(DiscoverArena());
@@ -369,16 +374,21 @@ Status QemuVm::Resume() {
   if (pause_depth_ == 0) return FailedPrecondition("Resume() without a matching Pause()");
   if (--pause_depth_ > 0) return Status::Ok();
   ForgetPauseState();
-  if (!resume_on_outer_) return Status::Ok();
+  // A failure to mark is reported, but never keeps the guest stopped.
+  Status marked = MarkDirectWritesForMigration();
+  if (!resume_on_outer_) return marked;
   resume_on_outer_ = false;
-  return qmp_->Execute("cont").status();
+  Status cont = qmp_->Execute("cont").status();
+  return marked.ok() ? cont : marked;
 }
 
 Status QemuVm::ForceResume() {
   pause_depth_ = 0;
   resume_on_outer_ = false;
   ForgetPauseState();
-  return qmp_->Execute("cont").status();
+  Status marked = MarkDirectWritesForMigration();
+  Status cont = qmp_->Execute("cont").status();
+  return marked.ok() ? cont : marked;
 }
 
 Status QemuVm::RequirePaused() {
@@ -478,7 +488,10 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
     const std::uint64_t in_page = t->page_size - ((va + done) & (t->page_size - 1));
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in_page, data.size() - done));
     page_cache_.Invalidate(t->gpa, n);
-    Status s = gdb_->WriteMemory(t->gpa, data.subspan(done, n));
+    Status s = direct_code_writes_
+                   ? HostTransfer(t->gpa, const_cast<std::uint8_t*>(data.data()) + done, n, true)
+                   : gdb_->WriteMemory(t->gpa, data.subspan(done, n));
+    if (direct_code_writes_ && s.ok()) direct_writes_.emplace_back(t->gpa, n);
     if (!s.ok()) return s.WithContext("writing code at " + Hex(va + done));
     back.resize(n);
     // Straight from guest RAM, never from the page cache: this checks what QEMU wrote.
@@ -487,6 +500,31 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
       return Internal("code at " + Hex(va + done) + " (gpa " + Hex(t->gpa) + ") reads back differently");
     }
     done += n;
+  }
+  return Status::Ok();
+}
+
+Status QemuVm::MarkDirectWritesForMigration() {
+  if (direct_writes_.empty()) return Status::Ok();
+  const auto writes = std::move(direct_writes_);
+  direct_writes_.clear();
+  // QEMU marks a page dirty for migration when QEMU itself writes it (the gdbstub's write
+  // included, invalidate_and_set_dirty in softmmu/physmem.c); KVM's dirty log sees only the
+  // guest's own writes. A write from our process is seen by neither. A migration that starts
+  // after this check begins with every page dirty (ram_save_setup), so only one already under
+  // way needs the pages marked, and the same bytes written through the gdbstub do that.
+  HV_ASSIGN_OR_RETURN(json m, qmp_->Execute("query-migrate"));
+  const std::string status = JsonString(m, "status");
+  if (status.empty() || status == "none" || status == "completed" || status == "failed" ||
+      status == "cancelled") {
+    return Status::Ok();
+  }
+  std::vector<std::uint8_t> bytes;
+  for (const auto& [gpa, n] : writes) {
+    bytes.resize(n);
+    HV_RETURN_IF_ERROR(HostTransfer(gpa, bytes.data(), n, false));
+    Status s = gdb_->WriteMemory(gpa, bytes);
+    if (!s.ok()) return s.WithContext("marking code at gpa " + Hex(gpa) + " dirty for the migration ('" + status + "')");
   }
   return Status::Ok();
 }

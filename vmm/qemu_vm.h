@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qmp/qmp_client.h"
@@ -69,11 +70,22 @@ class QemuVm final : public Vm {
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
   // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel
   // page table maps kernel text; a user-mode vCPU may be on a PTI user table that does not)
-  // and writes with gdbstub `M` in physical mode:
-  // QEMU's physical write path invalidates translated blocks on those pages, so TCG runs the
-  // new bytes. At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors;
-  // kInternal when the read-back differs.
+  // and writes the code:
+  //  - under TCG, with gdbstub `M` in physical mode: QEMU's physical write path invalidates
+  //    translated blocks on those pages, so TCG runs the new bytes;
+  //  - under KVM (query-kvm enabled), straight into guest RAM like WritePhys: there is no
+  //    translation cache, and the gdbstub's write is the same memcpy into the same RAM (see
+  //    docs/kvm.md). The one thing the gdbstub adds, marking the pages dirty for a migration in
+  //    progress, is made up before the vCPUs run again (Resume), by writing the same bytes
+  //    through the gdbstub if query-migrate shows a migration. HVPATCH_CODE_WRITE=gdbstub in
+  //    the environment forces the gdbstub path (for measurements).
+  // At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors; kInternal when
+  // the read-back differs.
   Status WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) override;
+  // "gdbstub" or "direct": how WriteCode writes on this VM.
+  const char* code_write_path() const { return direct_code_writes_ ? "direct" : "gdbstub"; }
+  // query-kvm said enabled at connect.
+  bool kvm() const { return kvm_; }
   Result<ArenaDevice> Arena() override;
   std::string Identity() const override;
   std::string Describe() const override;
@@ -104,6 +116,9 @@ class QemuVm final : public Vm {
   Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;
   // The guest may run again (or we cannot tell): forget what the pause read.
   void ForgetPauseState();
+  // Before the vCPUs run: if a migration is in progress, rewrite this pause's direct code
+  // writes through the gdbstub so QEMU marks them dirty and sends them (see WriteCode).
+  Status MarkDirectWritesForMigration();
 
   std::unique_ptr<qmp::QmpClient> qmp_;
   std::unique_ptr<GdbStubClient> gdb_;
@@ -127,6 +142,9 @@ class QemuVm final : public Vm {
   std::vector<HostRange> extra_;   // the arena BAR, when mapped
   std::optional<ArenaDevice> arena_;
   Status arena_status_;            // why there is no arena, when there is none
+  bool kvm_ = false;
+  bool direct_code_writes_ = false;
+  std::vector<std::pair<std::uint64_t, std::size_t>> direct_writes_;  // gpa, length; this pause
   int pause_depth_ = 0;
   bool resume_on_outer_ = false;
   // Valid only while pause_depth_ > 0 (see ReadPhys and VcpuStates).
