@@ -25,6 +25,10 @@ class GuestPhysMemory {
   virtual ~GuestPhysMemory() = default;
   virtual Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const = 0;
   virtual std::vector<PhysRange> RamRanges() const = 0;
+  // True when reads are copies from a mapping of guest RAM in this process, whose first touch
+  // of a page costs a page fault: a caller may then touch, before a pause, what it will read
+  // inside it (GuestKernelStacks::Prepare). False when every read costs the same anyway.
+  virtual bool ReadsFromMapping() const { return false; }
 };
 
 // The result of translating a guest-virtual address through the guest's page tables.

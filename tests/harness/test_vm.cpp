@@ -174,6 +174,10 @@ Status TestVm::Boot(const TestVmOptions& o) {
       "-chardev", "socket,id=cmd,path=" + dir_ + "/cmd.sock,server=on,wait=off",
       "-device", "virtserialport,bus=vser0.0,chardev=cmd,name=org.hvpatch.test.0",
   };
+  if (o.shared_ram) {
+    argv.insert(argv.end(), {"-object", "memory-backend-memfd,id=ram0,share=on,size=" + std::to_string(o.mem_mib) + "M",
+                             "-machine", "memory-backend=ram0"});
+  }
   if (o.arena) {
     // master=on lets migration and save/restore carry the arena (lab notes).
     argv.insert(argv.end(),
