@@ -48,6 +48,11 @@ Status KernelMemory::Read(std::uint64_t va, std::span<std::uint8_t> out) const {
   return Status::Ok();
 }
 
+void KernelMemory::Prefetch(std::uint64_t va, std::size_t size) const {
+  Result<Run> r = Translate(va);
+  if (r.ok()) mem_.Prefetch(r->gpa, static_cast<std::size_t>(std::min<std::uint64_t>(size, r->bytes)));
+}
+
 Result<std::uint64_t> KernelMemory::ReadU64(std::uint64_t va) const {
   std::uint8_t b[8];
   HV_RETURN_IF_ERROR(Read(va, b));

@@ -30,6 +30,9 @@ class KernelMemory {
   // (kNotFound for an unmapped page, kInvalidArgument outside RAM), with "reading VA" context.
   Status Read(std::uint64_t va, std::span<std::uint8_t> out) const;
 
+  // GuestPhysMemory::Prefetch of the bytes at `va` (a hint; translation errors are ignored).
+  void Prefetch(std::uint64_t va, std::size_t size) const;
+
   Result<std::uint64_t> ReadU64(std::uint64_t va) const;
   Result<std::uint32_t> ReadU32(std::uint64_t va) const;
   Result<std::int32_t> ReadS32(std::uint64_t va) const;

@@ -122,6 +122,14 @@ const GuestTask* TaskSnapshot::FindTask(std::uint64_t task_struct) const {
   return nullptr;
 }
 
+void TaskWalker::PrefetchTask(const KernelMemory& mem, std::uint64_t task) const {
+  const TaskLayout& l = layout_;
+  for (std::uint64_t off : {l.state, l.stack, l.on_cpu, l.pid, l.comm, l.thread_sp, l.signal,
+                            l.thread_group ? *l.thread_group : l.thread_node}) {
+    mem.Prefetch(task + off, 8);
+  }
+}
+
 Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t task) const {
   const TaskLayout& l = layout_;
   GuestTask t;
@@ -203,12 +211,24 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   // Processes, then each one's threads. init_task (pid 0) is the head: it is CPU 0's idle task
   // and is added with the idle tasks below.
   std::vector<std::uint64_t> leaders;
+  const bool prefetch = mem.phys().ReadsFromMapping();  // hints only help a mapping
   HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, [] { return std::string("the process list"); },
                                [&](std::uint64_t node) -> Status {
                                  leaders.push_back(node - l.tasks);
+                                 // Its other lines load while the chain goes on.
+                                 if (prefetch) PrefetchTask(mem, node - l.tasks);
                                  return Status::Ok();
                                }));
-  for (std::uint64_t leader : leaders) {
+  // Each thread list starts in the leader's signal_struct: load a few leaders ahead (the
+  // signal pointer itself was prefetched above), so those misses overlap.
+  constexpr std::size_t kAhead = 8;
+  for (std::size_t i = 0; i < leaders.size(); ++i) {
+    const std::uint64_t leader = leaders[i];
+    if (prefetch && !l.thread_group && i + kAhead < leaders.size()) {
+      if (Result<std::uint64_t> sig = mem.ReadU64(leaders[i + kAhead] + l.signal); sig.ok() && *sig) {
+        mem.Prefetch(*sig + l.signal_thread_head, 8);
+      }
+    }
     HV_RETURN_IF_ERROR(add_task(leader));
     const auto what = [leader] { return "the thread list of task " + Hex(leader); };
     if (l.thread_group) {

@@ -378,6 +378,17 @@ Status QemuVm::MapShared(const Block& b, std::uint64_t base, const std::vector<M
 
 bool QemuVm::ReadsFromMapping() const { return mapped_; }
 
+void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
+  if (!mapped_ || size == 0) return;
+  const HostRange* r = FindRange(gpa);
+  if (r == nullptr || r->local == nullptr) return;
+  // At most 8 lines: a hint for the next few reads, not a bulk copy.
+  const std::uint64_t end = std::min<std::uint64_t>({gpa + size, r->end(), (gpa & ~std::uint64_t{63}) + 8 * 64});
+  for (std::uint64_t at = gpa & ~std::uint64_t{63}; at < end; at += 64) {
+    __builtin_prefetch(r->local + (std::max(at, r->gpa) - r->gpa));
+  }
+}
+
 Status QemuVm::Pause() {
   if (pause_depth_ == 0) {
     bool running = false;

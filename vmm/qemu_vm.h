@@ -69,6 +69,8 @@ class QemuVm final : public Vm {
   // True when every RAM range is mapped into this process (a shared file or memfd backend,
   // vmm/shared_ram_map.h): reads are then a memcpy and bypass the page cache.
   bool ReadsFromMapping() const override;
+  // From the mapping, when there is one: the first cache lines of the range.
+  void Prefetch(std::uint64_t gpa, std::size_t size) const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
   // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel
