@@ -14,6 +14,8 @@ pkgs=(
   qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
   # kbuild for the test patch modules
   make gcc bc
+  # bench/plots.sh draws the bench report's plots
+  gnuplot-nox
   # integration tests: a private libvirtd
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
