@@ -96,10 +96,11 @@ set xlabel 'ms'
 set ylabel 'count'
 set style fill solid 0.5
 set grid
-bw = 0.1
+bw = 0.25
+set boxwidth bw * 0.9 absolute
 bin(x) = bw * floor(x / bw) + bw / 2
 plot '$tmp/dist_$tag.dat' using (bin(\$1)):(1) smooth freq with boxes title 'apply pause window', \
-     '$tmp/dist_bare_$tag.dat' using (bin(\$1)):(1) smooth freq with boxes fs transparent solid 0.3 title 'bare QMP stop+cont'
+     '$tmp/dist_bare_$tag.dat' using (bin(\$1)):(0.5) smooth freq with boxes fs transparent solid 0.3 title 'bare QMP stop+cont (2 per apply, counted 1/2)'
 GP
 done
 ls -1 "$out"/*.png
