@@ -18,6 +18,8 @@ pkgs=(
   e2fsprogs
   # kbuild for the test patch modules
   make gcc bc
+  # bench/plots.sh draws the bench report's plots
+  gnuplot-nox
   # integration tests: a private libvirtd
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
