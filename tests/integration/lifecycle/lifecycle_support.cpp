@@ -27,7 +27,7 @@ std::string Describe(const HvpatchRun& r) {
 
 void LifecycleFixture::SetUp() {
   ASSERT_TRUE(fs::exists(HvpatchBinary())) << "hvpatch not found at '" << HvpatchBinary() << "' (set HVPATCH_BIN)";
-  char vm[] = "/tmp/hvpatch-life-vm-XXXXXX";
+  char vm[] = "/tmp/hvpatch-vm-life-XXXXXX";  // scripts/test.sh warns of leftover hvpatch-vm-* QEMUs
   char state[] = "/tmp/hvpatch-life-state-XXXXXX";
   char scratch[] = "/tmp/hvpatch-life-run-XXXXXX";
   ASSERT_NE(mkdtemp(vm), nullptr);

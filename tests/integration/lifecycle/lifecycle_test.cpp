@@ -136,6 +136,49 @@ TEST_F(LifecycleTest, SystemResetLeavesNoLivePatchRevertWritesNothingApplyWorks)
   EXPECT_EQ(Guest("cat /proc/cmdline"), original);
 }
 
+// 2b. The same reboot with `nokaslr`: the kernel comes back at the same addresses with its page
+// tables at the same place, and the arena (with hvpatch's boot mark) survives. Only the arena's
+// PMD entry, gone with the page tables the boot rebuilt, tells the boots apart. The new apply
+// then maps the arena in another slot than the old boot's (TCG may still hold translations of
+// the old boot's code at that address).
+TEST_F(LifecycleTest, SystemResetWithNokaslrIsToldApartByTheArenaPmdEntry) {
+  TestVmOptions o;
+  o.no_reboot = false;
+  o.extra_append = "nokaslr";
+  ASSERT_NO_FATAL_FAILURE(Boot(o));
+  const std::string original = Guest("cat /proc/cmdline");
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json booted = ListJson();
+  ASSERT_EQ(booted["patches"].size(), 1u) << booted.dump();
+  const std::string old_new_addr = booted["patches"][0]["functions"][0]["new_addr"].get<std::string>();
+
+  const int boots = vm_->Boots();
+  ASSERT_NO_FATAL_FAILURE(Qmp("system_reset"));
+  ASSERT_THAT(vm_->WaitForBoot(boots), IsOk());
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+
+  const json j = ListJson();
+  EXPECT_TRUE(j["patches"].empty()) << j.dump();
+  ASSERT_EQ(j["archived_ledgers"].size(), 1u) << j.dump();
+  EXPECT_THAT(j["archived_ledgers"][0]["reason"].get<std::string>(),
+              HasSubstr("the guest's page tables were rebuilt by a boot"));
+  EXPECT_EQ(j["boot"]["kaslr_offset"], booted["boot"]["kaslr_offset"]) << "nokaslr: the same KASLR offset";
+  EXPECT_EQ(j["boot"]["page_table_gpa"], booted["boot"]["page_table_gpa"]);
+
+  HvpatchRun again = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json after = ListJson();
+  ASSERT_EQ(after["patches"].size(), 1u) << after.dump();
+  EXPECT_NE(after["patches"][0]["functions"][0]["new_addr"].get<std::string>(), old_new_addr)
+      << "the new boot's arena is in the old boot's slot";
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
 // 3. Save/restore: the migration stream carries guest RAM and the arena (master=on), so the
 // restored VM is the same boot and keeps its ledger, even though the new QEMU's arena file
 // started as zeroes.
