@@ -7,12 +7,12 @@
 #include <string_view>
 
 #include "base/status.h"
-#include "qmp/qmp_client.h"
+#include "qmp/qmp_channel.h"
 
 namespace hv::vmm {
 
 // The unix socket path of the chardev behind the port called `port_name`.
 // Errors: kNotFound (no such port, or its chardev is not a unix socket), QMP errors.
-Result<std::string> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_name);
+Result<std::string> FindPortSocket(qmp::QmpChannel& qmp, std::string_view port_name);
 
 }  // namespace hv::vmm
