@@ -21,6 +21,7 @@ vmm::PagingMode KernelMode(const vmm::VcpuState& v) {
 }  // namespace
 
 Status Committer::WriteAll(const CommitPlan& plan, const std::function<void(const char*)>& phase) {
+  wrote_ = true;
   for (const auto& w : plan.phys_writes) {
     HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
   }

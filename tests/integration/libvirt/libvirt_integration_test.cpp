@@ -257,9 +257,10 @@ TEST_F(LibvirtIntegrationTest, HookReappliesThePatchSetAfterARestart) {
               "after virsh start began\n", *without, *with, live_after);
   EXPECT_TRUE(patched) << "not re-applied within 60 s; domain log:\n" << ReadFile(set_dir + "/hvpatch.log");
   // The hook only forks: virsh start may not wait for the re-apply (it takes seconds under TCG).
-  // One start each is noisy on a loaded 2-core machine: the bound is loose, and the hook's own
-  // run (what libvirtd waits for: its exit and its stdout/stderr closing) is timed directly.
-  EXPECT_LT(*with, *without + 2.0) << "virsh start waited for the hook";
+  // One `virsh start` each is too noisy on a loaded 2-core machine to compare (5.2 vs 4.7 s in
+  // one run, 6.0 vs 8.6 s in another with a build beside it): they are reported, and what
+  // libvirtd actually waits for, the hook's own run (its exit and its stdout/stderr closing),
+  // is timed directly and bounded.
   auto xml = Virsh({"dumpxml", name});
   ASSERT_THAT(xml, IsOk());
   {
