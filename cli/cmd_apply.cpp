@@ -2,7 +2,10 @@
 #include <cstdio>
 
 #include "cli/command.h"
+#include "cli/fleet_run.h"
+#include "cli/module_release.h"
 #include "cli/render.h"
+#include "cli/patch_set_record.h"
 #include "cli/session.h"
 #include "patcher/patch_module.h"
 
@@ -11,6 +14,7 @@ namespace hv::cli {
 // Shared by apply and check (dry_run).
 int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args,
                     const Command& command, bool dry_run) {
+  if (!dry_run && IsFleetForm(args)) return RunFleet(o, command, args);
   if (args.size() != 2) return UsageError(command, "expected DOMAIN and PATCH.ko");
   auto bytes = ReadPatchFile(args[1]);
   if (!bytes.ok()) return ReportError(o, bytes.status());
@@ -20,6 +24,7 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   }
   auto session = OpenSession(o, args[0], true);
   if (!session.ok()) return ReportError(o, session.status());
+  if (Status s = CheckBuiltFor(*bytes, args[1], (*session)->kernel->release()); !s.ok()) return ReportError(o, s);
   patcher::ApplyRequest req;
   req.patch_path = args[1];
   req.module = std::move(*bytes);
@@ -27,6 +32,7 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   req.dry_run = dry_run;
   auto r = (*session)->engine->Apply(req);
   if (!r.ok()) return ReportError(o, r.status());
+  if (!dry_run) RecordApplied(o, **session, r->name, req.module);
   if (!r->confirmed && !(*session)->agent) r->confirmation = (*session)->agent_note;
   if (o.json) {
     std::printf("%s\n", ApplyJson(*r, (*session)->recovery).dump().c_str());
@@ -41,7 +47,7 @@ static int RunApply(const GlobalOptions& o, const std::vector<std::string>& args
   return RunApplyRequest(o, args, kApplyCommand, false);
 }
 
-const Command kApplyCommand = {"apply", RunApply, "apply DOMAIN PATCH.ko",
+const Command kApplyCommand = {"apply", RunApply, "apply DOMAIN|--all|--domains A,B PATCH.ko",
     "live-patch the guest kernel with a livepatch module"};
 
 }  // namespace hv::cli

@@ -6,6 +6,7 @@
 
 #include "base/hex.h"
 #include "cli/command.h"
+#include "cli/patch_set_record.h"
 #include "cli/session.h"
 
 namespace hv::cli {
@@ -30,8 +31,12 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
     if (d.ok()) diffs = std::move(*d);
     else agent_note = "agent: " + d.status().message();
   }
+  // A libvirt domain's patch set (what the hook re-applies at start) beside what is live.
+  bool is_domain = false;
+  const std::vector<std::string> set = PatchSetNames(o, **session, &is_domain);
   if (o.json) {
     nlohmann::json j = {{"patches", nlohmann::json::array()}, {"recovered", (*session)->recovery}};
+    if (is_domain) j["patch_set"] = set;
     // Which boot the ledger describes (see docs/transaction.md), and the ledgers of earlier
     // boots it replaced.
     j["boot"] = {{"kernel_build_id", current->kernel_build_id}, {"kaslr_offset", Hex(current->kaslr_offset)},
@@ -77,6 +82,11 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
       std::printf("  %s %s %s -> %s%s\n", f.object.c_str(), f.name.c_str(), Hex(f.site).c_str(),
                   Hex(f.new_addr).c_str(), p.sites[i].holds_trampoline ? "" : " (not live: covered by a later patch or changed)");
     }
+  }
+  if (is_domain) {
+    std::string names;
+    for (const auto& n : set) names += " " + n;
+    std::printf("domain patch set (re-applied at start):%s\n", set.empty() ? " (empty)" : names.c_str());
   }
   if (diffs && diffs->empty()) std::printf("guest agent's tree: in sync with the ledger\n");
   if (diffs) for (const auto& d : *diffs) std::printf("MISMATCH (guest agent's tree): %s\n", d.c_str());

@@ -5,6 +5,8 @@
 
 #include "base/hex.h"
 #include "cli/command.h"
+#include "cli/fleet_run.h"
+#include "cli/patch_set_record.h"
 #include "cli/session.h"
 
 namespace hv::cli {
@@ -12,11 +14,13 @@ namespace hv::cli {
 extern const Command kRevertCommand;
 
 static int RunRevert(const GlobalOptions& o, const std::vector<std::string>& args) {
+  if (IsFleetForm(args)) return RunFleet(o, kRevertCommand, args);
   if (args.size() != 2) return UsageError(kRevertCommand, "expected DOMAIN and a patch NAME");
   auto session = OpenSession(o, args[0], true);
   if (!session.ok()) return ReportError(o, session.status());
   auto r = (*session)->engine->Revert({args[1], RetryFrom(o)});
   if (!r.ok()) return ReportError(o, r.status());
+  RecordReverted(o, **session, r->name);
   if (!r->gone_with_boot.empty()) {
     // The patch went with an earlier boot of the guest: nothing to undo, nothing written.
     if (o.json) {
@@ -44,7 +48,7 @@ static int RunRevert(const GlobalOptions& o, const std::vector<std::string>& arg
   return kExitOk;
 }
 
-const Command kRevertCommand = {"revert", RunRevert, "revert DOMAIN NAME",
+const Command kRevertCommand = {"revert", RunRevert, "revert DOMAIN|--all|--domains A,B NAME",
                                 "remove an applied patch (the top one of a stack first)"};
 
 }  // namespace hv::cli

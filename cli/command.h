@@ -31,6 +31,7 @@ struct GlobalOptions {
   std::optional<std::uint64_t> kaslr_offset;  // --kaslr-offset: for --system-map (default: vmcoreinfo)
   bool agent = true;                   // --no-agent: do not talk to the guest agent
   int agent_timeout_ms = 3000;         // --agent-timeout-ms: sync wait (no reply: no agent)
+  bool attach_arena = true;            // --no-attach-arena: refuse a VM without the arena device
 };
 
 struct Command {

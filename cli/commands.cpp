@@ -8,10 +8,12 @@ extern const Command kListCommand;
 extern const Command kInfoCommand;
 extern const Command kCheckCommand;
 extern const Command kBuildCommand;
+extern const Command kLibvirtHookCommand;
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {kApplyCommand, kRevertCommand, kListCommand,
-                                                kInfoCommand, kCheckCommand, kBuildCommand};
+                                                kInfoCommand, kCheckCommand, kBuildCommand,
+                                                kLibvirtHookCommand};
   return commands;
 }
 

@@ -18,8 +18,8 @@ void PrintHelp(FILE* out) {
                "loaded in the guest. PATCH.ko is a livepatch module built with kbuild.\n"
                "\n"
                "DOMAIN:\n"
+               "  NAME or UUID           a libvirt domain on the -c connection (as virsh)\n"
                "  qmp:PATH               a QEMU QMP unix socket\n"
-               "  (libvirt domain names and vmm:PATH are planned, not supported yet)\n"
                "\n"
                "Commands:\n");
   for (const auto& c : hv::cli::Commands()) std::fprintf(out, "  %-34s %s\n", c.usage, c.summary);
@@ -37,6 +37,8 @@ void PrintHelp(FILE* out) {
                "                         be read from guest memory or from the agent\n"
                "  --kaslr-offset HEX     KASLR offset for --system-map (default: from vmcoreinfo)\n"
                "  --no-agent             do not use the guest agent (no in-guest confirmation)\n"
+               "  --no-attach-arena      refuse a domain without the arena device instead of\n"
+               "                         hot-plugging one (the hint shows the XML to add)\n"
                "  --agent-timeout-ms MS  how long to wait for the agent's sync (default 3000)\n"
                "  -h, --help             this help\n"
                "\n"
@@ -98,6 +100,8 @@ int main(int argc, char** argv) {
         return hv::cli::kExitUsage;
       }
       o.kaslr_offset = off;
+    } else if (a == "--no-attach-arena") {
+      o.attach_arena = false;
     } else if (a == "--no-agent") {
       o.agent = false;
     } else if (a == "--agent-timeout-ms") {

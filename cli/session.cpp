@@ -66,7 +66,9 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
       return lock.status();
     }
   }
-  HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain));
+  // Only a command that takes the lock may change the domain (hot-plug the arena).
+  HV_ASSIGN_OR_RETURN(s->vm, vmm::Open(domain, {options.uri, options.attach_arena && exclusive,
+                                                [&options](const std::string& n) { Progress(options, n); }}));
   const std::string stem = StateFileStem(s->vm->Identity());
   if (exclusive) {
     HV_ASSIGN_OR_RETURN(VmLock lock, VmLock::Acquire(dir + "/" + stem + ".lock", domain,

@@ -13,14 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "base/status.h"
+#include "qmp/qmp_channel.h"
 #include "qmp/qmp_codec.h"
 
 namespace hv::qmp {
-
-struct QmpEvent {
-  std::string name;
-  nlohmann::json data;
-};
 
 struct QmpOptions {
   int timeout_ms = 10000;  // per command (and for the greeting)
@@ -28,7 +24,7 @@ struct QmpOptions {
   std::size_t max_queued_events = 1024;  // older events are dropped beyond this
 };
 
-class QmpClient {
+class QmpClient final : public QmpChannel {
  public:
   // Connects to the QMP unix socket at `path`, reads the greeting and negotiates
   // capabilities. Errors:
@@ -37,7 +33,7 @@ class QmpClient {
   //   kInvalidArgument    the peer does not speak QMP
   static Result<std::unique_ptr<QmpClient>> Connect(const std::string& path,
                                                     const QmpOptions& options = {});
-  ~QmpClient();
+  ~QmpClient() override;
   QmpClient(const QmpClient&) = delete;
   QmpClient& operator=(const QmpClient&) = delete;
 
@@ -50,16 +46,16 @@ class QmpClient {
   //   kIo / kUnavailable  the socket failed or closed
   //   kInvalidArgument    the peer sent something that is not QMP (connection unusable)
   Result<nlohmann::json> Execute(std::string_view command,
-                                 const nlohmann::json& arguments = nlohmann::json::object());
+                                 const nlohmann::json& arguments = nlohmann::json::object()) override;
 
   // Runs an HMP command through "human-monitor-command" and returns its text output. HMP
   // reports many failures only in that text: callers check it.
-  Result<std::string> Hmp(std::string_view command_line);
+  Result<std::string> Hmp(std::string_view command_line) override;
 
   // Events received so far (oldest first); the queue is emptied.
-  std::vector<QmpEvent> TakeEvents();
+  std::vector<QmpEvent> TakeEvents() override;
 
-  const nlohmann::json& greeting() const { return greeting_; }
+  const nlohmann::json& greeting() const override { return greeting_; }
   const std::string& path() const { return path_; }
 
  private:
@@ -78,8 +74,5 @@ class QmpClient {
   std::uint64_t next_id_ = 1;
   Status broken_;  // once the stream is unusable, every call fails with this
 };
-
-// Maps a QMP error class to the code a caller should act on.
-Code CodeForQmpClass(std::string_view error_class);
 
 }  // namespace hv::qmp

@@ -4,7 +4,7 @@
 
 namespace hv::vmm {
 
-Result<PortSocket> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_name) {
+Result<PortSocket> FindPortSocket(qmp::QmpChannel& qmp, std::string_view port_name) {
   std::string chardev;
   // Bounded: a guest cannot add devices, and QEMU's lists are finite; still cap the scan.
   int checked = 0;

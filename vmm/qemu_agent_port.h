@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "base/status.h"
-#include "qmp/qmp_client.h"
+#include "qmp/qmp_channel.h"
 
 namespace hv::vmm {
 
@@ -22,6 +22,6 @@ struct PortSocket {
 
 // The unix socket path of the chardev behind the port called `port_name`.
 // Errors: kNotFound (no such port, or its chardev is not a unix socket), QMP errors.
-Result<PortSocket> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_name);
+Result<PortSocket> FindPortSocket(qmp::QmpChannel& qmp, std::string_view port_name);
 
 }  // namespace hv::vmm

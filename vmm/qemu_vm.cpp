@@ -2,10 +2,14 @@
 
 #include "vmm/qemu_agent_port.h"
 
+#include "qmp/qmp_client.h"
+
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -74,8 +78,25 @@ void CollectIvshmem(const json& devices, int depth, std::vector<json>& out) {
 
 Result<std::unique_ptr<QemuVm>> QemuVm::Connect(const std::string& qmp_path, const QemuVmOptions& options) {
   std::unique_ptr<QemuVm> vm(new QemuVm());
-  Status s = vm->Setup(qmp_path, options);
+  vm->qmp_path_ = qmp_path;
+  vm->name_ = "(qmp:" + qmp_path + ")";
+  qmp::QmpOptions qo;
+  qo.timeout_ms = options.qmp_timeout_ms;
+  Result<std::unique_ptr<qmp::QmpClient>> client = qmp::QmpClient::Connect(qmp_path, qo);
+  if (!client.ok()) return client.status().WithContext("opening QEMU at 'qmp:" + qmp_path + "'");
+  vm->qmp_ = std::move(*client);
+  Status s = vm->Setup(options);
   if (!s.ok()) return s.WithContext("opening QEMU at 'qmp:" + qmp_path + "'");
+  return vm;
+}
+
+Result<std::unique_ptr<QemuVm>> QemuVm::Attach(std::unique_ptr<qmp::QmpChannel> channel, const std::string& name,
+                                               const QemuVmOptions& options) {
+  std::unique_ptr<QemuVm> vm(new QemuVm());
+  vm->name_ = name;
+  vm->qmp_ = std::move(channel);
+  Status s = vm->Setup(options);
+  if (!s.ok()) return s.WithContext("opening QEMU of " + name);
   return vm;
 }
 
@@ -86,17 +107,13 @@ QemuVm::~QemuVm() {
     gdb_.reset();
     if (qmp_) (void)qmp_->Hmp("gdbserver none");
   }
-  if (!gdb_dir_.empty()) {
-    unlink((gdb_dir_ + "/gdb.sock").c_str());
-    rmdir(gdb_dir_.c_str());
-  }
+  // QEMU leaves the listening socket's file behind: no trace of the gdbstub may stay.
+  if (!gdb_sock_.empty()) unlink(gdb_sock_.c_str());
+  if (!gdb_dir_.empty()) rmdir(gdb_dir_.c_str());
 }
 
-Status QemuVm::Setup(const std::string& qmp_path, const QemuVmOptions& options) {
-  qmp_path_ = qmp_path;
-  qmp::QmpOptions qo;
-  qo.timeout_ms = options.qmp_timeout_ms;
-  HV_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, qo));
+Status QemuVm::Setup(const QemuVmOptions& options) {
+  options_ = options;
   HV_ASSIGN_OR_RETURN(const bool was_running, Running());
   HV_RETURN_IF_ERROR(FindPid());
   HV_ASSIGN_OR_RETURN(json kvm, qmp_->Execute("query-kvm"));
@@ -146,6 +163,14 @@ Status QemuVm::FindPid() {
     pid_ = static_cast<pid_t>(tgid);
   }
   return Status::Ok();
+}
+
+Status QemuVm::RefreshArena() {
+  arena_.reset();
+  extra_.clear();
+  arena_memdev_.clear();
+  page_cache_.Clear();
+  return DiscoverArena();
 }
 
 Status QemuVm::DiscoverArena() {
@@ -254,10 +279,18 @@ Status QemuVm::DiscoverMemory() {
 }
 
 Status QemuVm::StartGdbStub(const QemuVmOptions& options, bool vm_running) {
-  char tmpl[] = "/tmp/hvpatch-gdb-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) return ErrnoError("creating a directory for the gdbstub socket", errno);
-  gdb_dir_ = tmpl;
-  const std::string sock = gdb_dir_ + "/gdb.sock";
+  std::string sock;
+  if (options.gdb_socket_dir.empty()) {
+    char tmpl[] = "/tmp/hvpatch-gdb-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) return ErrnoError("creating a directory for the gdbstub socket", errno);
+    gdb_dir_ = tmpl;
+    sock = gdb_dir_ + "/gdb.sock";
+  } else {
+    // Our pid keeps two hvpatch processes apart; the VM lock keeps them off one VM anyway.
+    sock = options.gdb_socket_dir + "/hvpatch-gdb-" + std::to_string(getpid()) + ".sock";
+    unlink(sock.c_str());
+  }
+  gdb_sock_ = sock;
   // Only one gdbserver per QEMU: replace whatever runs (QEMU keeps its own if we don't).
   HV_RETURN_IF_ERROR(qmp_->Hmp("gdbserver none").status());
   HV_ASSIGN_OR_RETURN(std::string out, qmp_->Hmp("gdbserver unix:" + sock + ",server=on,wait=off"));
@@ -586,18 +619,65 @@ Status QemuVm::MarkDirectWritesForMigration() {
 
 Result<ArenaDevice> QemuVm::Arena() {
   if (arena_) return *arena_;
-  return arena_status_;
+  if (!options_.attach_arena || arena_status_.code() != Code::kNotFound) return arena_status_;
+  HV_RETURN_IF_ERROR(AttachArena());
+  return Arena();
+}
+
+Result<ArenaDevice> QemuVm::WaitForArena(int timeout_ms) {
+  // The guest kernel's ACPI PCI hot-plug handler assigns BAR2 shortly after device_add (lab
+  // notes: at once on the test guest; slower under load).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    HV_RETURN_IF_ERROR(RefreshArena());
+    if (arena_) return *arena_;
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Status(Code::kDeadlineExceeded,
+                    "the hot-plugged arena has no usable BAR after " + std::to_string(timeout_ms) +
+                        " ms: " + arena_status_.message(),
+                    "the guest kernel must handle ACPI PCI hot-plug; or start the VM with the arena");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+Status QemuVm::AttachArena() {
+  const std::string id = "hvpatch-arena";
+  // Named after the VM, so two VMs never share one: QEMU without -uuid reports all zeros.
+  const bool no_uuid = uuid_.empty() || uuid_ == "00000000-0000-0000-0000-000000000000";
+  const std::string path = "/dev/shm/hvpatch-arena-" + (no_uuid ? "pid" + std::to_string(pid_) : uuid_);
+  Status s = qmp_->Execute("object-add", json{{"qom-type", "memory-backend-file"},
+                                              {"id", id},
+                                              {"size", 2u << 20},
+                                              {"mem-path", path},
+                                              {"share", true}})
+                 .status();
+  if (!s.ok()) return s.WithContext("hot-plugging the arena");
+  s = qmp_->Execute("device_add", json{{"driver", "ivshmem-plain"}, {"id", id}, {"memdev", id}, {"master", "on"}})
+          .status();
+  if (!s.ok()) {
+    (void)qmp_->Execute("object-del", json{{"id", id}});
+    return s.WithContext("hot-plugging the arena")
+        .WithHint("QEMU needs ACPI PCI hot-plug (no -no-acpi); or start it with the arena device");
+  }
+  HV_ASSIGN_OR_RETURN(ArenaDevice a, WaitForArena(options_.arena_bar_timeout_ms));
+  if (options_.note) {
+    options_.note("attached an arena to " + Describe() + " (ivshmem-plain 2 MiB, master=on, " + path +
+                  "), BAR2 at " + Hex(a.bar_gpa));
+  }
+  return Status::Ok();
 }
 
 std::string QemuVm::Identity() const {
   if (!uuid_.empty() && uuid_ != "00000000-0000-0000-0000-000000000000") return "qemu-uuid:" + uuid_;
+  if (qmp_path_.empty()) return "qemu-pid:" + std::to_string(pid_);
   char real[PATH_MAX];
   const std::string path = realpath(qmp_path_.c_str(), real) != nullptr ? std::string(real) : qmp_path_;
   return "qemu-qmp:" + path;
 }
 
 std::string QemuVm::Describe() const {
-  return "QEMU pid " + std::to_string(pid_) + " (qmp:" + qmp_path_ + ")";
+  return "QEMU pid " + std::to_string(pid_) + " " + name_;
 }
 
 Result<std::string> QemuVm::AgentSocket() {

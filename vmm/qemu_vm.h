@@ -15,13 +15,14 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "qmp/qmp_client.h"
+#include "qmp/qmp_channel.h"
 #include "vmm/gdb_register_layout.h"
 #include "vmm/gdb_stub_client.h"
 #include "vmm/phys_page_cache.h"
@@ -34,6 +35,16 @@ namespace hv::vmm {
 struct QemuVmOptions {
   int qmp_timeout_ms = 10000;
   int gdb_timeout_ms = 5000;
+  // A directory where QEMU itself can create the gdbstub's unix socket (QEMU creates it, so
+  // it must be writable by QEMU's user, e.g. libvirt's per-domain directory when QEMU runs as
+  // `libvirt-qemu`). Empty: a fresh private directory under /tmp (QEMU running as root or as
+  // ourselves). The socket is removed when the QemuVm goes away.
+  std::string gdb_socket_dir;
+  // Arena() hot-plugs an arena into a VM without one (QMP object-add + device_add), and tells
+  // `note`. Off by default: the libvirt backend attaches through libvirt instead.
+  bool attach_arena = false;
+  int arena_bar_timeout_ms = 20000;
+  std::function<void(const std::string&)> note;
 };
 
 class QemuVm final : public Vm {
@@ -48,6 +59,10 @@ class QemuVm final : public Vm {
   //   kIo                  /proc or process_vm_readv failed (e.g. not allowed to ptrace QEMU)
   static Result<std::unique_ptr<QemuVm>> Connect(const std::string& qmp_path,
                                                  const QemuVmOptions& options = {});
+  // The same over any QMP channel, e.g. libvirt's passthrough (vmm/libvirt_vm.h). `name` is
+  // what Describe() shows. Errors as Connect().
+  static Result<std::unique_ptr<QemuVm>> Attach(std::unique_ptr<qmp::QmpChannel> channel, const std::string& name,
+                                                const QemuVmOptions& options = {});
   ~QemuVm() override;
 
   // vmm::Vm
@@ -92,13 +107,23 @@ class QemuVm final : public Vm {
   const char* code_write_path() const { return direct_code_writes_ ? "direct" : "gdbstub"; }
   // query-kvm said enabled at connect.
   bool kvm() const { return kvm_; }
+  // The arena device; with options.attach_arena, one is hot-plugged first when there is none:
+  // memory-backend-file (2 MiB, share=on, /dev/shm/hvpatch-arena-UUID) + ivshmem-plain with
+  // master=on (so migration and save/restore carry it), then waits for the guest to assign
+  // BAR2. Errors: kNotFound with the QEMU options in the hint; QMP errors of the hot-plug;
+  // kDeadlineExceeded when the BAR stays unassigned.
   Result<ArenaDevice> Arena() override;
+  // Waits up to `timeout_ms` for a just hot-plugged arena's BAR (RefreshArena in a loop).
+  Result<ArenaDevice> WaitForArena(int timeout_ms);
+  // Looks for the arena device again, e.g. after hot-plugging one. Errors: QMP errors only;
+  // a device still missing or with no BAR assigned shows in Arena().
+  Status RefreshArena();
   std::string Identity() const override;
   std::string Describe() const override;
 
   // The QMP connection (QEMU accepts one client per QMP socket, so tests and tools that need
   // more QMP share this one).
-  qmp::QmpClient& qmp() { return *qmp_; }
+  qmp::QmpChannel& qmp() { return *qmp_; }
   // The gdbstub connection; use only while paused.
   GdbStubClient& gdb() { return *gdb_; }
   pid_t qemu_pid() const { return pid_; }
@@ -111,13 +136,15 @@ class QemuVm final : public Vm {
 
  private:
   QemuVm() = default;
-  Status Setup(const std::string& qmp_path, const QemuVmOptions& options);
+  Status Setup(const QemuVmOptions& options);
   Status FindPid();
   Status DiscoverMemory();
   Status DiscoverArena();
   Status StartGdbStub(const QemuVmOptions& options, bool vm_running);
   Status VerifyFastPath();
   Status RequirePaused();
+  Status AttachArena();
+  QemuVmOptions options_;
   Result<VcpuState> ReadVcpu(int index);
   // A vCPU's state from its `g` reply, through the register layout of target.xml.
   Result<VcpuState> DecodeVcpu(int index, const std::vector<std::uint8_t>& g) const;
@@ -130,12 +157,14 @@ class QemuVm final : public Vm {
   // writes through the gdbstub so QEMU marks them dirty and sends them (see WriteCode).
   Status MarkDirectWritesForMigration();
 
-  std::unique_ptr<qmp::QmpClient> qmp_;
+  std::unique_ptr<qmp::QmpChannel> qmp_;
   std::unique_ptr<GdbStubClient> gdb_;
   std::optional<GdbRegisterLayout> layout_;
   std::vector<std::string> threads_;
-  std::string qmp_path_;
-  std::string gdb_dir_;
+  std::string qmp_path_;  // empty for Attach()
+  std::string name_;      // Describe()
+  std::string gdb_dir_;   // our own temp directory for the socket, removed with it
+  std::string gdb_sock_;  // the gdbstub socket, removed when this object goes
   pid_t pid_ = -1;
   std::string uuid_;
   // A memory backend of guest RAM and the host mappings that might hold it (resolved by

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -75,9 +76,16 @@ class Vm : public GuestPhysMemory {
   virtual std::string Describe() const = 0;
 };
 
+struct OpenOptions {
+  std::string uri = "qemu:///system";  // libvirt connection for domain names
+  bool attach_arena = true;            // hot-plug an arena into a libvirt domain without one
+  std::function<void(const std::string&)> note;  // what opening or Arena() did to the VM
+};
+
 // Opens a VM by target string:
 //   "qmp:PATH"  a QEMU QMP unix socket
-//   later: a libvirt domain name, "vmm:PATH"
-Result<std::unique_ptr<Vm>> Open(std::string_view target);
+//   anything else: a libvirt domain name or UUID on options.uri (vmm/libvirt_vm.h)
+//   later: "vmm:PATH"
+Result<std::unique_ptr<Vm>> Open(std::string_view target, const OpenOptions& options = {});
 
 }  // namespace hv::vmm

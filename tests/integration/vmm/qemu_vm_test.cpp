@@ -276,7 +276,11 @@ TEST(VmOpenTest, RefusesUnknownTargets) {
   EXPECT_THAT(Open("qmp:"), StatusIs(Code::kInvalidArgument, HasSubstr("no socket path")));
   EXPECT_THAT(Open("qmp:/nonexistent/qmp.sock"),
               StatusIs(Code::kUnavailable, HasSubstr("'/nonexistent/qmp.sock'")));
-  EXPECT_THAT(Open("some-domain"), StatusIs(Code::kUnimplemented, HasSubstr("'some-domain'")));
+  EXPECT_THAT(Open("vmm:/x.sock"), StatusIs(Code::kUnimplemented, HasSubstr("'vmm:/x.sock'")));
+  // Any other target is a libvirt domain name: here on a connection with no daemon behind it.
+  OpenOptions o;
+  o.uri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+  EXPECT_THAT(Open("some-domain", o), StatusIs(Code::kUnavailable, HasSubstr("connecting to libvirt at")));
 }
 
 }  // namespace
