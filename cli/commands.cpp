@@ -7,10 +7,11 @@ extern const Command kRevertCommand;
 extern const Command kListCommand;
 extern const Command kInfoCommand;
 extern const Command kCheckCommand;
+extern const Command kBuildCommand;
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {kApplyCommand, kRevertCommand, kListCommand,
-                                                kInfoCommand, kCheckCommand};
+                                                kInfoCommand, kCheckCommand, kBuildCommand};
   return commands;
 }
 

@@ -3,6 +3,9 @@
 # checks a stamp (the inputs' hash) and is skipped when nothing changed.
 #
 #   images/build.sh            kernel + modules + headers, base initramfs, patch modules
+#   images/build.sh RELEASE    the same for another Debian kernel build, e.g. 6.1.0-47-cloud-amd64
+#                              (6.1.170-3, whose later fixes `hvpatch build` tests use), in
+#                              images/out-RELEASE so the default images stay as they are
 #   HVPATCH_IMAGES=DIR         output directory (default: images/out, ignored by git)
 #
 # Outputs (DIR/):
@@ -15,14 +18,25 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${HVPATCH_IMAGES:-$here/out}
+release=${1:-}
+if [ -n "$release" ]; then
+  case "$release" in *-cloud-amd64) ;; *) echo "images: '$release' is not a cloud-amd64 kernel release" >&2; exit 2;; esac
+  out=${HVPATCH_IMAGES:-$here/out-$release}
+else
+  out=${HVPATCH_IMAGES:-$here/out}
+fi
 mkdir -p "$out"
 log() { echo "images: $*" >&2; }
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
-# 1. Resolve the ABI from the cloud metapackage's candidate (never hard-coded).
-abi=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-      sed -n 's/^Depends: .*linux-image-\([0-9][^ ]*\)-cloud-amd64.*/\1/p' | head -1)
+# 1. Resolve the ABI from the cloud metapackage's candidate (never hard-coded), or take the
+#    requested release's.
+if [ -n "$release" ]; then
+  abi=${release%-cloud-amd64}
+else
+  abi=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+        sed -n 's/^Depends: .*linux-image-\([0-9][^ ]*\)-cloud-amd64.*/\1/p' | head -1)
+fi
 if [ -z "$abi" ]; then
   log "cannot resolve the kernel ABI from linux-image-cloud-amd64 (run apt-get update?)"
   exit 1
@@ -116,7 +130,10 @@ else
   log "initramfs cached"
 fi
 
-# 7. The KVM lab's disk (QEMU, firmware and the L2 guest for the nested lab).
-"$here/kvm-lab.sh" lab "$out"
+# 7. The KVM lab's disk (QEMU, firmware and the L2 guest for the nested lab): the default
+#    images only (another release's guest is for `hvpatch build`'s tests).
+if [ -z "$release" ]; then
+  "$here/kvm-lab.sh" lab "$out"
+fi
 
 log "ready in $out (kernel $flavour)"

@@ -112,6 +112,12 @@ class PatchModuleParser {
     return std::move(m_);
   }
 
+  // The ELF container alone, for ReadRelocatableElf.
+  Result<RelocatableElf> ParseElf() {
+    HV_RETURN_IF_ERROR(ReadElf());
+    return RelocatableElf{std::move(m_.sections_), std::move(m_.symbols_)};
+  }
+
  private:
   // --- ELF container -------------------------------------------------------------------------
 
@@ -211,7 +217,9 @@ class PatchModuleParser {
                                " is not a power of two");
       }
       s.align = sh.sh_addralign == 0 ? 1 : sh.sh_addralign;
-      if (s.allocated() && sh.sh_type != SHT_NOBITS) {
+      // hvpatch's own non-allocated sections (the run-pre records of `hvpatch build`) are read too.
+      const bool ours = !s.allocated() && sh.sh_type == SHT_PROGBITS && s.name.rfind(".hvpatch.", 0) == 0;
+      if ((s.allocated() || ours) && sh.sh_type != SHT_NOBITS) {
         if (sh.sh_size > kMaxSectionBytes) {
           return InvalidArgument("section '" + s.name + "' is too large (" + Hex(sh.sh_size) + " bytes)");
         }
@@ -674,6 +682,13 @@ Result<PatchModule> PatchModule::Load(std::span<const std::uint8_t> bytes, std::
           .WithContext("loading patch '" + std::string(file_name) + "'");
     }
   }
+  return r;
+}
+
+Result<RelocatableElf> ReadRelocatableElf(std::span<const std::uint8_t> bytes, std::string_view file_name) {
+  PatchModuleParser parser(bytes, file_name);
+  auto r = parser.ParseElf();
+  if (!r.ok()) return r.status().WithContext("reading object '" + std::string(file_name) + "'");
   return r;
 }
 

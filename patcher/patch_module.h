@@ -124,6 +124,18 @@ class PatchModule {
   std::vector<MetadataRange> metadata_;
 };
 
+// A relocatable ELF object (a kernel .o or .ko) as the patch loader reads it: every section (the
+// bytes of allocated PROGBITS ones, the relocations of allocated ones) and every symbol, with the
+// same bounds checks as PatchModule::Load. It is the one ELF reader of hvpatch: the builder
+// (builder/) compares kernel objects with it, so the loader and the builder agree on what a
+// section, a symbol and a relocation are.
+// Errors (prefixed "reading object 'FILE'"): kInvalidArgument for anything malformed (see Load).
+struct RelocatableElf {
+  std::vector<ModuleSection> sections;
+  std::vector<ModuleSymbol> symbols;
+};
+Result<RelocatableElf> ReadRelocatableElf(std::span<const std::uint8_t> bytes, std::string_view file_name);
+
 // The API's entry point: PatchModule::Load.
 inline Result<PatchModule> LoadPatchModule(std::span<const std::uint8_t> bytes,
                                            std::string_view file_name) {

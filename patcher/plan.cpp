@@ -10,6 +10,14 @@ namespace hv::patcher {
 
 namespace {
 
+// The run-pre records a module built by `hvpatch build` carries, or none.
+Result<std::vector<RunPreFunction>> RunPreRecords(const PatchModule& module) {
+  for (const auto& s : module.sections()) {
+    if (s.name == kRunPreSection) return ParseRunPre(s.bytes);
+  }
+  return std::vector<RunPreFunction>{};
+}
+
 Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolver,
                         const GuestCodeReader& reader, const ArenaLayout& arena) {
   HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module));
@@ -49,13 +57,23 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
     }
   }
 
+  HV_ASSIGN_OR_RETURN(std::vector<RunPreFunction> run_pre, RunPreRecords(module));
   const AddressRange arena_range{arena.base_va(), arena.base_va() + arena.size()};
   std::set<std::uint64_t> sites;
   for (const auto& lf : linked.functions) {
     const KlpFunction& f = lf.klp;
     const std::string who = "function '" + f.old_name + "' in '" + f.object + "'";
     auto fail = [&](const Status& s) { return s.WithContext(who); };
-    auto old = resolver.Resolve(f.old_name, f.object, f.old_sympos);
+    Result<ResolvedSymbol> old = resolver.Resolve(f.old_name, f.object, f.old_sympos);
+    const RunPreFunction* record = nullptr;
+    for (const auto& r : run_pre) {
+      if (r.name == f.old_name && r.object == f.object) record = &r;
+    }
+    if (record != nullptr) {
+      auto choice = SelectByRunPre(*record, resolver, reader);
+      if (!choice.ok()) return fail(choice.status());
+      old = choice->symbol;
+    }
     if (!old.ok()) return fail(old.status());
     if (old->per_cpu) return fail(InvalidArgument("'" + f.old_name + "' is a per-cpu variable, not a function"));
     auto bytes = reader.Read(old->address, kEntryReadSize);
@@ -88,6 +106,58 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
 }
 
 }  // namespace
+
+Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolResolver& resolver,
+                                    const GuestCodeReader& reader) {
+  // Every occurrence of the name: sympos 0 if unique, else 1, 2, ... (kallsyms order).
+  std::vector<std::pair<std::uint64_t, ResolvedSymbol>> candidates;
+  auto unique = resolver.Resolve(record.name, record.object, 0);
+  if (unique.ok()) {
+    candidates.push_back({0, *unique});
+  } else if (unique.status().code() == Code::kInvalidArgument) {
+    constexpr std::uint64_t kMaxSameName = 256;
+    for (std::uint64_t pos = 1; pos <= kMaxSameName; ++pos) {
+      auto r = resolver.Resolve(record.name, record.object, pos);
+      if (!r.ok()) break;
+      candidates.push_back({pos, *r});
+    }
+  } else {
+    return unique.status();
+  }
+  std::vector<RunPreChoice> matches;
+  std::string mismatches;
+  for (const auto& [pos, sym] : candidates) {
+    auto bytes = reader.Read(sym.address, record.code.size());
+    if (!bytes.ok()) return bytes.status().WithContext("run-pre: reading '" + record.name + "' at " + Hex(sym.address));
+    auto m = MatchRunPre(record, *bytes);
+    if (!m) {
+      // What the code refers to must be the guest's too (for the names kallsyms knows uniquely).
+      m = MatchRunPreRelocations(record, *bytes, sym.address, [&](const std::string& name) -> std::optional<std::uint64_t> {
+        auto r = resolver.Resolve(name, "", 0);
+        if (!r.ok()) return std::nullopt;
+        return r->address;
+      });
+    }
+    if (!m) {
+      matches.push_back({sym, pos});
+      continue;
+    }
+    if (!mismatches.empty()) mismatches += "; ";
+    mismatches += (candidates.size() > 1 ? "sympos " + std::to_string(pos) + " at " + Hex(sym.address) + ": " : "") +
+                  "offset " + Hex(m->offset) + " (" + m->detail + ")";
+  }
+  const std::string who = "run-pre: '" + record.name + "' in '" + record.object + "'";
+  if (matches.empty()) {
+    return FailedPrecondition(who + " differs from the build at " + mismatches)
+        .WithHint("the patch was built from another source than the running kernel's; build it "
+                  "against that kernel's source (hvpatch build --kernel RELEASE)");
+  }
+  if (matches.size() > 1) {
+    return FailedPrecondition(who + " matches " + std::to_string(matches.size()) +
+                              " functions of that name; the patch cannot tell which to replace");
+  }
+  return matches[0];
+}
 
 Result<PatchPlan> BuildPlan(const PatchModule& module, const SymbolResolver& resolver,
                             const GuestCodeReader& reader, const ArenaLayout& arena) {

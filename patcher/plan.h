@@ -16,6 +16,7 @@
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/relocator.h"
+#include "patcher/run_pre.h"
 #include "patcher/symbol_resolver.h"
 
 namespace hv::patcher {
@@ -77,9 +78,25 @@ struct PatchPlan {
   std::size_t fentry_nops = 0;
 };
 
+// Run-pre matching (patcher/run_pre.h) of one function: every occurrence of `record.name` in
+// `record.object` (kallsyms may hold several static functions of one name) is read from the
+// guest and compared with the build's before code. Exactly one must match; the result is that one,
+// with its sympos (0 when the name is unique).
+// Errors: kFailedPrecondition "run-pre: 'pipe_fasync' in 'vmlinux' differs from the build at offset
+// 0x1c (guest has 0x41, the build 0x40)" when none matches (with several, each is named), or
+// "... matches 2 functions of that name" when more than one does; the resolver's and the reader's.
+struct RunPreChoice {
+  ResolvedSymbol symbol;
+  std::uint64_t sympos = 0;
+};
+Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolResolver& resolver,
+                                    const GuestCodeReader& reader);
+
 // Builds the plan for `module` on top of the arena's current state `arena`:
 //  1. SelectImage and Link (relocated against `resolver`), into freshly allocated arena pages;
-//  2. each old function: resolved in its object (Resolve(old_name, object, old_sympos)), its entry
+//  2. each old function: resolved in its object (Resolve(old_name, object, old_sympos)), or, for a
+//     module built by `hvpatch build` (it carries kRunPreSection), chosen by run-pre matching
+//     (SelectByRunPre: the before code must equal the guest's); its entry
 //     read (kEntryReadSize bytes) and classified (CheckPatchable), the trampoline's reach checked.
 // Errors (prefixed "planning patch 'NAME'"): those of SelectImage and Link; the resolver's for an
 // old function ("function 'port_debugfs_show' in 'virtio_console': ..."), e.g. kNotFound when the

@@ -18,6 +18,10 @@ pkgs=(
   e2fsprogs
   # kbuild for the test patch modules
   make gcc bc
+  # hvpatch build: preparing a kernel source tree (olddefconfig, prepare, objtool) and patching it
+  flex bison libssl-dev dwarves patch
+  # bench/plots.sh draws the bench report's plots
+  gnuplot-nox
   # integration tests: a private libvirtd
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )

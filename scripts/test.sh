@@ -10,6 +10,7 @@ t0=$(date +%s)
 
 scripts/install-deps.sh
 images/build.sh
+images/build.sh 6.1.0-47-cloud-amd64  # the 6.1.170-3 guest of `hvpatch build`'s tests (issue 12)
 if [ -f build/build.ninja ]; then meson setup --reconfigure build >/dev/null; else meson setup build >/dev/null; fi
 meson compile -C build
 

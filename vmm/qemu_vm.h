@@ -26,6 +26,7 @@
 #include "vmm/gdb_stub_client.h"
 #include "vmm/phys_page_cache.h"
 #include "vmm/qemu_memory_map.h"
+#include "vmm/shared_ram_map.h"
 #include "vmm/vm.h"
 
 namespace hv::vmm {
@@ -66,6 +67,11 @@ class QemuVm final : public Vm {
   // naming the first address outside both; kIo when the host read fails.
   Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override;
   std::vector<PhysRange> RamRanges() const override;
+  // True when every RAM range is mapped into this process (a shared file or memfd backend,
+  // vmm/shared_ram_map.h): reads are then a memcpy and bypass the page cache.
+  bool ReadsFromMapping() const override;
+  // From the mapping, when there is one: the first cache lines of the range.
+  void Prefetch(std::uint64_t gpa, std::size_t size) const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
   // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel
@@ -98,6 +104,10 @@ class QemuVm final : public Vm {
   pid_t qemu_pid() const { return pid_; }
   const std::string& uuid() const { return uuid_; }
   int pause_depth() const { return pause_depth_; }
+  // Guest RAM and where QEMU maps it (for tools and tests that read it another way).
+  const std::vector<HostRange>& host_ram() const { return ram_; }
+  // "mapped /proc/PID/map_files/..." or "process_vm_readv (why not mapped)": how RAM is read.
+  const std::string& ram_access() const { return ram_access_; }
 
  private:
   QemuVm() = default;
@@ -134,12 +144,19 @@ class QemuVm final : public Vm {
     std::string id;
     std::uint64_t size = 0;
     std::vector<std::uint64_t> hvas;
+    std::vector<HostMapping> mappings;  // /proc/PID/maps line of each of hvas
   };
+  // Maps a shared file/memfd backend into this process when it holds the gdbstub's samples.
+  Status MapShared(const Block& b, std::uint64_t base, const std::vector<MemorySample>& truth,
+                   std::vector<HostRange>& ranges);
   std::vector<Block> blocks_;
   std::vector<FlatRange> flat_;
   std::string arena_memdev_;
   std::vector<HostRange> ram_;     // guest RAM, sorted by gpa
   std::vector<HostRange> extra_;   // the arena BAR, when mapped
+  std::vector<std::unique_ptr<SharedRamMap>> shared_maps_;
+  std::string ram_access_ = "process_vm_readv";  // how guest RAM is read (ram_access())
+  bool mapped_ = false;                          // every range of ram_ has `local`
   std::optional<ArenaDevice> arena_;
   Status arena_status_;            // why there is no arena, when there is none
   bool kvm_ = false;

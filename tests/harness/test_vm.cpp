@@ -178,6 +178,10 @@ Status TestVm::Boot(const TestVmOptions& o) {
   if (accel == "kvm") argv.insert(argv.end(), {"-cpu", "host"});
   if (o.no_reboot) argv.push_back("-no-reboot");
   if (!o.incoming.empty()) argv.insert(argv.end(), {"-incoming", o.incoming});
+  if (o.shared_ram) {
+    argv.insert(argv.end(), {"-object", "memory-backend-memfd,id=ram0,share=on,size=" + std::to_string(o.mem_mib) + "M",
+                             "-machine", "memory-backend=ram0"});
+  }
   if (o.arena) {
     // master=on lets migration and save/restore carry the arena (lab notes).
     argv.insert(argv.end(),

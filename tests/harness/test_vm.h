@@ -29,6 +29,9 @@ struct TestVmOptions {
   std::string accel;
   int mem_mib = 512;
   bool arena = true;
+  // Guest RAM in a shared memfd (memory-backend-memfd,share=on) instead of QEMU's anonymous
+  // memory: hvpatch then maps it (vmm/shared_ram_map.h).
+  bool shared_ram = false;
   bool agent = true;            // append the built hvpatch-agent to the initramfs
   std::string extra_append;     // more kernel command line
   std::vector<std::string> extra_qemu_args;

@@ -1,0 +1,3 @@
+#include "common.h"
+int limit_check(int v) { return v > 64 ? -22 : v; }
+int untouched(int v) { return v * 3 + 1; }

@@ -1,0 +1,3 @@
+#include "common.h"
+int max_entries = 20;
+int get_max(void) { return max_entries; }

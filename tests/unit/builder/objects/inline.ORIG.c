@@ -1,0 +1,4 @@
+#include "common.h"
+static inline int clamp_len(int v) { return v > 16 ? 16 : v; }
+int read_len(int v) { return clamp_len(v) + 1; }
+int other(int v) { return v - 1; }

@@ -1,0 +1,5 @@
+#include "common.h"
+static int calls;
+static noinline int scale(int v, int f) { calls++; return v * f + calls; }
+int scaled(int v) { return scale(v, 7); }
+int scaled2(int v) { return scale(v, 7) + 1; }
