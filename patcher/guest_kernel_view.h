@@ -19,6 +19,7 @@ class GuestKernelView : public KernelView {
   std::string BuildId() const override { return kernel_.build_id(); }
   vmm::PagingMode KernelPaging() const override { return kernel_.paging(); }
   std::uint64_t ImageEnd() const override { return image_end_; }
+  const KernelBtf* Btf() const override { return &kernel_.btf(); }
 
  private:
   GuestKernelView(const GuestKernel& k, std::uint64_t end) : kernel_(k), image_end_(end) {}

@@ -10,6 +10,7 @@
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/plan.h"
+#include "patcher/shadow_module.h"
 
 namespace hv::patcher {
 namespace {
@@ -50,6 +51,22 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   std::vector<std::uint8_t> out(n);
   HV_RETURN_IF_ERROR(vmm::ReadVirt(vm_, kernel_.KernelPaging(), va, out));
   return out;
+}
+
+Result<CpuFeatures> PatchEngine::ReadCpuFeatures(const KernelBtf& btf) {
+  auto read = [&]() -> Result<CpuFeatures> {
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol cpu, kernel_.Resolve("boot_cpu_data", "vmlinux", 0));
+    HV_ASSIGN_OR_RETURN(std::uint64_t off, btf.Offset("cpuinfo_x86", "x86_capability"));
+    HV_ASSIGN_OR_RETURN(std::uint64_t size, btf.MemberSize("cpuinfo_x86", "x86_capability"));
+    if (size == 0 || size % 4 != 0 || size > 256) return InvalidArgument("x86_capability is " + std::to_string(size) + " bytes");
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(cpu.address + off, size));
+    CpuFeatures f;
+    f.words.resize(size / 4);
+    std::memcpy(f.words.data(), raw.data(), size);
+    return f;
+  }();
+  if (!read.ok()) return read.status().WithContext("reading the guest CPU's features (boot_cpu_data)");
+  return read;
 }
 
 Result<Ledger> PatchEngine::LoadLedger() {
@@ -163,7 +180,14 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   }
 
   const KernelCodeReader reader(vm_, mode);
-  HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout));
+  std::optional<ShadowModuleLayout> shadow;
+  PlanOptions options;
+  if (const KernelBtf* btf = kernel_.Btf()) {
+    HV_ASSIGN_OR_RETURN(shadow, ShadowModuleLayout::Read(*btf, kernel_));
+    options.shadow = &*shadow;
+    HV_ASSIGN_OR_RETURN(options.cpu, ReadCpuFeatures(*btf));
+  }
+  HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout, options));
 
   ApplyResult result;
   result.name = module.name();
@@ -259,6 +283,23 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   for (const auto& lf : record.functions) {
     plan.code_writes.push_back({lf.site, lf.original, lf.trampoline, "trampoline of '" + lf.name + "'"});
   }
+  if (planned.shadow) {
+    // The module is linked where a module load links it, before its code becomes reachable. Its
+    // own pages are written in the same pause (their PTEs too): the edit reads them from the plan.
+    const ArenaWrite* data = nullptr;
+    for (const ArenaWrite& w : planned.arena_writes) {
+      if (w.memory == MemoryClass::kData && planned.shadow->module_va >= w.va &&
+          planned.shadow->module_va < w.va + w.bytes.size()) {
+        data = &w;
+      }
+    }
+    if (data == nullptr) return Internal("the shadow module is not in the patch's data pages");
+    plan.kernel_edits.push_back(
+        [l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes](KernelWords& mem) {
+          OverlayKernelWords arena(mem, run, bytes);
+          return LinkShadowModule(arena, l, va).WithContext("linking the shadow module");
+        });
+  }
 
   if (request.dry_run) {
     CommitPlan check;
@@ -333,6 +374,24 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
   for (const auto& f : patch->functions) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
+  }
+  if (const KernelBtf* btf = kernel_.Btf()) {
+    // The shadow module, if this patch has one linked, lies in its data runs: found and unlinked
+    // inside the pause (a patch applied without one has none to find).
+    HV_ASSIGN_OR_RETURN(ShadowModuleLayout shadow, ShadowModuleLayout::Read(*btf, kernel_));
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+    for (const auto& a : layout->allocations()) {
+      if (a.owner == patch->name && a.memory == MemoryClass::kData) {
+        runs.push_back({layout->Va(a.offset()), layout->Va(a.offset()) + a.size()});
+      }
+    }
+    plan.kernel_edits.push_back([shadow, runs](KernelWords& mem) -> Status {
+      for (const auto& [begin, end] : runs) {
+        HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, shadow, begin, end));
+        if (mod != 0) return UnlinkShadowModule(mem, shadow, mod).WithContext("unlinking the shadow module");
+      }
+      return Status::Ok();
+    });
   }
   patch->state = PatchState::kReverting;
   auto committed = CommitWithLedger(ledger, plan, request.retry);

@@ -12,6 +12,8 @@
 
 #include "base/status.h"
 #include "patcher/commit.h"
+#include "patcher/kernel_btf.h"
+#include "patcher/kernel_tables.h"
 #include "patcher/ledger.h"
 #include "patcher/patch_module.h"
 #include "patcher/symbol_resolver.h"
@@ -28,6 +30,9 @@ class KernelView : public SymbolResolver {
   virtual vmm::PagingMode KernelPaging() const = 0;
   // The end of the kernel image (`_end`): the arena goes into a free 2 MiB slot above it.
   virtual std::uint64_t ImageEnd() const = 0;
+  // The guest's BTF, for the shadow module's offsets (shadow_module.h). Null: patches get no
+  // shadow module, and THIS_MODULE is refused as before.
+  virtual const KernelBtf* Btf() const { return nullptr; }
 };
 
 // The in-guest agent's part (optional): confirm from inside, publish the sysfs-like tree.
@@ -114,6 +119,8 @@ class PatchEngine {
 
  private:
   Result<Ledger> LoadLedger();
+  // The guest's boot_cpu_data.x86_capability, for alternatives.
+  Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
   // mapped in the window (a ledger this engine does not hold), kUnavailable when none is free.
   Result<std::uint64_t> FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t bar_gpa,

@@ -43,6 +43,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,10 @@ struct PlacedSection {
 struct PatchImage {
   std::vector<PlacedSection> sections;
   std::array<std::uint64_t, kMemoryClasses> size{};  // bytes per MemoryClass
+  // With ImageOptions::shadow_module: the placed `.gnu.linkonce.this_module` section. Link
+  // leaves its bytes zero and applies none of its relocations: the shadow module builder writes
+  // the guest's struct module there (shadow_module.h), and THIS_MODULE resolves to it.
+  std::optional<std::uint32_t> this_module;
 
   const PlacedSection* Find(std::uint32_t section) const;
   // Size of a class rounded up to whole arena pages.
@@ -77,7 +82,12 @@ struct PatchImage {
 // tables, THIS_MODULE), or needs a section aligned to more than a page.
 // kInvalidArgument: a relocation of copied code points to a non-allocated section, or COMMON
 // symbols.
-Result<PatchImage> SelectImage(const PatchModule& module);
+struct ImageOptions {
+  // Place the patch's struct module (`.gnu.linkonce.this_module`) in data, so THIS_MODULE
+  // resolves, instead of refusing references to it (see shadow_module.h).
+  bool shadow_module = false;
+};
+Result<PatchImage> SelectImage(const PatchModule& module, ImageOptions options = {});
 
 // A new function at its final address.
 struct LinkedFunction {
