@@ -163,6 +163,17 @@ Result<KernelTables> FinishKernelTables(const PatchModule& module, const PatchIm
   // table names instruction addresses, which alternatives never move.
   HV_RETURN_IF_ERROR(ApplyAlternatives(module, image, linked, cpu, &t));
   HV_RETURN_IF_ERROR(SortExTable(module, image, linked, &t));
+  const Found bugs = FindPlaced(module, image, linked, "__bug_table");
+  if (bugs.placed != nullptr) {
+    constexpr std::uint64_t kBugEntry = 12;
+    if (bugs.placed->size % kBugEntry != 0 || bugs.placed->memory != MemoryClass::kData) {
+      return InvalidArgument("section '__bug_table' is " + std::to_string(bugs.placed->size) +
+                             " bytes of " + std::string(MemoryClassName(bugs.placed->memory)) +
+                             ", not writable 12-byte entries");
+    }
+    t.bug_table_va = bugs.va;
+    t.num_bugs = static_cast<std::uint32_t>(bugs.placed->size / kBugEntry);
+  }
   return t;
 }
 

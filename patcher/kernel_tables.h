@@ -6,6 +6,9 @@
 //                     (lib/extable.c: by absolute instruction address, relative fields rewritten
 //                     for each entry's new place), so search_exception_tables()' binary search
 //                     through the shadow module finds it.
+//   __bug_table       struct bug_entry {int bug_addr_disp, file_disp; u16 line, flags;}
+//                     (GENERIC_BUG_RELATIVE_POINTERS), placed in writable data ("aw"), found by
+//                     report_bug() through module_bug_list; nothing to rewrite.
 //   .altinstructions  struct alt_instr {s32 instr_offset, repl_offset; u16 cpuid; u8 instrlen,
 //                     replacementlen;} (packed, 12 bytes). Applied as apply_alternatives()
 //                     (arch/x86/kernel/alternative.c) applies a module's: an entry is patched
@@ -37,6 +40,8 @@ struct CpuFeatures {
 struct KernelTables {
   std::uint64_t extable_va = 0;    // the placed, sorted __ex_table (0: none)
   std::uint32_t num_exentries = 0;
+  std::uint64_t bug_table_va = 0;  // the placed __bug_table (writable data: WARN_ONCE sets its flag)
+  std::uint32_t num_bugs = 0;
   std::size_t alternatives = 0;    // .altinstructions entries
   std::size_t alternatives_applied = 0;
 };

@@ -50,6 +50,8 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
     at.code_size = std::uint64_t{image.Pages(MemoryClass::kCode)} * kArenaPageSize;
     at.extable_va = plan.tables.extable_va;
     at.num_exentries = plan.tables.num_exentries;
+    at.bug_table_va = plan.tables.bug_table_va;
+    at.num_bugs = plan.tables.num_bugs;
     HV_ASSIGN_OR_RETURN(ShadowModuleImage shadow, BuildShadowModule(*options.shadow, module, image, linked, at));
     auto& bytes = linked.bytes[data];
     std::copy(shadow.module.begin(), shadow.module.end(), bytes.begin() + static_cast<long>(tm->offset));

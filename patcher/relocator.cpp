@@ -161,7 +161,8 @@ constexpr std::string_view kThisModule = ".gnu.linkonce.this_module";
 
 // Tables the shadow module makes work (kernel_tables.h): placed and finished by hvpatch, no
 // longer refused when the patch gets a shadow module.
-constexpr std::string_view kShadowTables[] = {"__ex_table", ".altinstructions", ".altinstr_replacement"};
+constexpr std::string_view kShadowTables[] = {"__ex_table", ".altinstructions", ".altinstr_replacement",
+                                             "__bug_table"};
 bool IsShadowTable(std::string_view name) {
   return std::find(std::begin(kShadowTables), std::end(kShadowTables), name) != std::end(kShadowTables);
 }

@@ -3,6 +3,7 @@
 #include <elf.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "base/hex.h"
@@ -48,11 +49,50 @@ char TypeChar(const ModuleSymbol& sym, const ModuleSection& sec) {
   return sec.writable() ? 'd' : 'r';
 }
 
-struct TablesLayout {
-  std::uint64_t use = 0, symtab = 0, typetab = 0, strtab = 0, size = 0;
+// One ORC entry of the patch for placed code: where its ip points, and the 6-byte orc_entry
+// (s16 sp_offset, s16 bp_offset, then sp_reg:4 bp_reg:4 type:2 end:1).
+constexpr std::uint64_t kOrcEntrySize = 6;
+constexpr unsigned kOrcRegUndefined = 0;
+struct OrcSource {
+  std::uint32_t section = 0;
+  std::uint64_t offset = 0;
+  std::array<std::uint8_t, kOrcEntrySize> entry{};
 };
 
-TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSymbol*>& syms) {
+// .orc_unwind_ip[i] (PC32 to code) with .orc_unwind[i], for the entries whose code is placed and
+// is not the module's plumbing (init/exit code is blanked: its entries would describe int3s).
+std::vector<OrcSource> CollectOrc(const PatchModule& m, const PatchImage& image) {
+  std::vector<OrcSource> out;
+  const ModuleSection* ips = nullptr;
+  const ModuleSection* orcs = nullptr;
+  for (const auto& s : m.sections()) {
+    if (s.name == ".orc_unwind_ip") ips = &s;
+    if (s.name == ".orc_unwind") orcs = &s;
+  }
+  if (ips == nullptr || orcs == nullptr || ips->size % 4 != 0 || orcs->bytes.size() != orcs->size ||
+      ips->size / 4 != orcs->size / kOrcEntrySize) {
+    return out;
+  }
+  for (const auto& r : ips->relocations) {
+    if (r.offset % 4 != 0 || r.type != R_X86_64_PC32) continue;
+    const ModuleSymbol& sym = m.symbols()[r.symbol];
+    if (sym.section == SHN_UNDEF || sym.section >= m.sections().size()) continue;
+    const PlacedSection* p = image.Find(sym.section);
+    if (p == nullptr || !m.sections()[sym.section].executable()) continue;
+    const std::uint64_t target = sym.value + static_cast<std::uint64_t>(r.addend);
+    if (target > p->size || m.FindMetadata(sym.section, target) != nullptr) continue;
+    OrcSource o{sym.section, target, {}};
+    std::memcpy(o.entry.data(), orcs->bytes.data() + (r.offset / 4) * kOrcEntrySize, kOrcEntrySize);
+    out.push_back(o);
+  }
+  return out;
+}
+
+struct TablesLayout {
+  std::uint64_t use = 0, symtab = 0, typetab = 0, strtab = 0, orc_ip = 0, orc = 0, size = 0;
+};
+
+TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSymbol*>& syms, std::size_t orcs) {
   TablesLayout t;
   t.use = kShadowHeaderSize;
   t.symtab = Align8(t.use + use_size);
@@ -60,7 +100,9 @@ TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSym
   t.strtab = t.typetab + syms.size() + 1;
   std::uint64_t strings = 1;
   for (const ModuleSymbol* s : syms) strings += s->name.size() + 1;
-  t.size = Align8(t.strtab + strings);
+  t.orc_ip = Align8(t.strtab + strings);
+  t.orc = t.orc_ip + 4 * orcs;
+  t.size = Align8(t.orc + kOrcEntrySize * orcs);
   return t;
 }
 
@@ -171,6 +213,9 @@ Result<ShadowModuleLayout> ShadowModuleLayout::Read(const KernelBtf& btf, const 
     HV_RETURN_IF_ERROR(off("module", "source_list", &l.source_list));
     HV_RETURN_IF_ERROR(off("module", "target_list", &l.target_list));
     HV_RETURN_IF_ERROR(off("module", "refcnt", &l.refcnt));
+    HV_RETURN_IF_ERROR(off("module", "arch.num_orcs", &l.num_orcs));
+    HV_RETURN_IF_ERROR(off("module", "arch.orc_unwind_ip", &l.orc_unwind_ip));
+    HV_RETURN_IF_ERROR(off("module", "arch.orc_unwind", &l.orc_unwind));
     HV_RETURN_IF_ERROR(off("module_layout", "base", &l.layout_base));
     HV_RETURN_IF_ERROR(off("module_layout", "size", &l.layout_size));
     HV_RETURN_IF_ERROR(off("module_layout", "text_size", &l.layout_text_size));
@@ -218,7 +263,7 @@ Result<ShadowModuleLayout> ShadowModuleLayout::Read(const KernelBtf& btf, const 
 }
 
 std::uint64_t ShadowTablesSize(const ShadowModuleLayout& layout, const PatchModule& module, const PatchImage& image) {
-  return LayTables(layout.use_size, KallsymsSymbols(module, image)).size;
+  return LayTables(layout.use_size, KallsymsSymbols(module, image), CollectOrc(module, image).size()).size;
 }
 
 Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const PatchModule& module,
@@ -238,7 +283,8 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
     return InvalidArgument("patch name '" + module.name() + "' is too long for struct module.name");
   }
   const auto syms = KallsymsSymbols(module, image);
-  const TablesLayout t = LayTables(l.use_size, syms);
+  const auto orcs = CollectOrc(module, image);
+  const TablesLayout t = LayTables(l.use_size, syms, orcs.size());
   ShadowModuleImage out;
   out.module.assign(l.module_size, 0);
   out.tables.assign(t.size, 0);
@@ -267,6 +313,13 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
   Put64(m, l.core_kallsyms + l.ks_strtab, at.tables_va + t.strtab);
   Put64(m, l.core_kallsyms + l.ks_typetab, at.tables_va + t.typetab);
   Put32(m, l.num_exentries, at.num_exentries);
+  Put32(m, l.num_bugs, at.num_bugs);
+  Put64(m, l.bug_table, at.bug_table_va);
+  if (!orcs.empty()) {
+    Put32(m, l.num_orcs, static_cast<std::uint32_t>(orcs.size()));
+    Put64(m, l.orc_unwind_ip, at.tables_va + t.orc_ip);
+    Put64(m, l.orc_unwind, at.tables_va + t.orc);
+  }
   Put64(m, l.extable, at.extable_va);
   Put64(m, l.bug_list, mod + l.bug_list);
   Put64(m, l.bug_list + 8, mod + l.bug_list);
@@ -302,6 +355,31 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
     std::memcpy(tb.data() + t.strtab + str, s.name.data(), s.name.size());
     str += s.name.size() + 1;
   }
+
+  // ORC: sorted by address as unwind_module_init() sorts, a "weak" section terminator (sp_reg
+  // undefined, end clear) before a real entry at the same address.
+  struct Orc {
+    std::uint64_t ip;
+    bool weak;
+    std::array<std::uint8_t, kOrcEntrySize> entry;
+  };
+  std::vector<Orc> sorted;
+  for (const OrcSource& o : orcs) {
+    const PlacedSection* p = image.Find(o.section);
+    const std::uint64_t ip = linked.base[static_cast<std::size_t>(p->memory)] + p->offset + o.offset;
+    const unsigned sp_reg = o.entry[4] & 0xf;
+    const bool end = ((o.entry[5] >> 2) & 1) != 0;
+    sorted.push_back({ip, sp_reg == kOrcRegUndefined && !end, o.entry});
+  }
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Orc& a, const Orc& b) {
+    return a.ip != b.ip ? a.ip < b.ip : (a.weak && !b.weak);
+  });
+  for (std::size_t i = 0; i < sorted.size(); ++i) {
+    const std::uint64_t place = at.tables_va + t.orc_ip + 4 * i;
+    Put32(tb, t.orc_ip + 4 * i, static_cast<std::uint32_t>(sorted[i].ip - place));
+    std::memcpy(tb.data() + t.orc + kOrcEntrySize * i, sorted[i].entry.data(), kOrcEntrySize);
+  }
+  out.orcs = sorted.size();
   return out;
 }
 

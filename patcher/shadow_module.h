@@ -8,7 +8,9 @@
 //                        core_layout = the patch's code pages, kallsyms = its symbols.
 //   tables               after the image in the same data run: a header (hvpatch's record of
 //                        what the link changed), the module_use that holds the module, the
-//                        kallsyms symtab/strtab/typetab.
+//                        kallsyms symtab/strtab/typetab, and the ORC tables (.orc_unwind_ip and
+//                        .orc_unwind entries of the placed code, sorted as unwind_module_init()
+//                        sorts them) in mod->arch.
 //   links (in the pause) list_add_rcu into `modules`; latch_tree_insert into both copies of
 //                        `mod_tree` (RbTreeWriter) with its sequence count bumped as the latch
 //                        writer does; mod_tree.addr_min/addr_max widened; list_add_rcu into
@@ -48,6 +50,7 @@ struct ShadowModuleLayout {
   std::uint64_t bug_list = 0, num_bugs = 0, bug_table = 0;
   std::uint64_t num_exentries = 0, extable = 0;
   std::uint64_t source_list = 0, target_list = 0, refcnt = 0;
+  std::uint64_t num_orcs = 0, orc_unwind_ip = 0, orc_unwind = 0;  // arch (CONFIG_UNWINDER_ORC)
   // struct module_layout
   std::uint64_t layout_base = 0, layout_size = 0, layout_text_size = 0, layout_ro_size = 0,
                 layout_ro_after_init_size = 0, layout_mtn_mod = 0, layout_mtn_node = 0;
@@ -83,6 +86,8 @@ struct ShadowPlacement {
   std::uint64_t code_size = 0;
   std::uint64_t extable_va = 0;  // the sorted __ex_table (kernel_tables.h), or 0
   std::uint32_t num_exentries = 0;
+  std::uint64_t bug_table_va = 0;  // the placed __bug_table, or 0
+  std::uint32_t num_bugs = 0;
 };
 
 // The shadow module's bytes, ready to copy into the arena data.
@@ -90,6 +95,7 @@ struct ShadowModuleImage {
   std::vector<std::uint8_t> module;  // layout.module_size bytes, for placement.module_va
   std::vector<std::uint8_t> tables;  // for placement.tables_va
   std::size_t symbols = 0;           // kallsyms entries (without the null entry)
+  std::size_t orcs = 0;              // ORC entries
 };
 
 // Size of the tables area for `module` placed as `image` (pure: it depends on the module only,

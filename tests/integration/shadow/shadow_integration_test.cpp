@@ -68,7 +68,7 @@ class ShadowIntegrationTest : public ::testing::Test {
   void TearDown() override {
     if (!guest_) return;
     // Leave the guest as the next test expects it: nothing applied, nothing loaded.
-    for (const char* name : {"hvp_this_module", "hvp_user_read"}) {
+    for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn"}) {
       HvpatchRun r = Hv({"revert", Domain(), name});
       (void)r;
     }
@@ -130,6 +130,7 @@ class ShadowIntegrationTest : public ::testing::Test {
     char tmpl[] = "/tmp/hvpatch-shadow-test-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     scratch_ = tmpl;
+    Guest("dmesg -c > /dev/null");  // each test reads the kernel log it caused
   }
 
   static TestVm* guest_;
@@ -218,6 +219,60 @@ TEST_F(ShadowIntegrationTest, UserPointerReadFaultsCleanlyAndWorksUnderSmap) {
         "rmmod hvp_user_read");
   EXPECT_EQ(Trim(Guest("uptr bad")), "rc=4 errno=0");
   EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+}
+
+// The WARN report of one `cat /proc/cmdline` through a patched function: the lines from the
+// "cut here" marker to the end trace.
+std::string WarnReport(const std::string& dmesg) {
+  const auto begin = dmesg.find("------------[ cut here ]------------");
+  const auto end = dmesg.find("---[ end trace", begin == std::string::npos ? 0 : begin);
+  if (begin == std::string::npos || end == std::string::npos) return "";
+  return dmesg.substr(begin, end - begin);
+}
+
+// Without timestamps, addresses and the task: what must be the same for hvpatch and insmod.
+std::string WarnSummary(const std::string& report) {
+  std::string out;
+  std::regex warning("WARNING: CPU: [0-9]+ PID: [0-9]+ at (\\S+) (\\S+)\\+0x[0-9a-f]+/0x[0-9a-f]+ \\[(\\w+)\\]");
+  std::smatch m;
+  if (std::regex_search(report, m, warning)) out = m[1].str() + " " + m[2].str() + " [" + m[3].str() + "]";
+  return out;
+}
+
+// A WARN_ON_ONCE in new code (acceptance 1): report_bug() finds it through module_bug_list,
+// prints it once (the once flag is written in the writable table), names the new function, the
+// backtrace walks through it with the patch's ORC, and the guest goes on.
+TEST_F(ShadowIntegrationTest, WarnOnceInNewCodeIsReportedOnceAndNamesTheFunction) {
+  HvpatchRun apply = Hv({"apply", Domain(), testing::PatchModule("hvp_warn")});
+  ASSERT_EQ(apply.exit_code, 0) << Describe(apply);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_warn: warned once");
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_warn: warned once");
+  const std::string dmesg = Guest("dmesg");
+  EXPECT_EQ(Trim(Guest("dmesg | grep -c 'WARNING: CPU' || true")), "1") << dmesg;
+  const std::string report = WarnReport(dmesg);
+  ASSERT_NE(report, "") << dmesg;
+  EXPECT_THAT(report, HasSubstr("hvp_warn_cmdline_show+0x"));
+  EXPECT_THAT(report, HasSubstr("RIP: 0010:hvp_warn_cmdline_show+0x"));
+  // The unwinder walked through the new function: the callers are reliable frames, not guesses.
+  EXPECT_THAT(report, HasSubstr(" seq_read_iter+0x")) << report;
+  EXPECT_THAT(report, Not(HasSubstr("? seq_read_iter"))) << report;
+  EXPECT_THAT(report, Not(HasSubstr("Oops")));
+  const std::string summary = WarnSummary(report);
+  EXPECT_THAT(summary, HasSubstr("hvp_warn_cmdline_show [hvp_warn]")) << report;
+
+  HvpatchRun revert = Hv({"revert", Domain(), "hvp_warn"});
+  ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+
+  // The oracle: the same module loaded in the guest warns the same way.
+  Guest("dmesg -c > /dev/null; insmod /patches/hvp_warn.ko");
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline; cat /proc/cmdline")), "hvp_warn: warned once\nhvp_warn: warned once");
+  const std::string oracle = WarnReport(Guest("dmesg"));
+  EXPECT_EQ(WarnSummary(oracle), summary) << oracle;
+  EXPECT_THAT(oracle, HasSubstr(" seq_read_iter+0x"));
+  Guest("echo 0 > /sys/kernel/livepatch/hvp_warn/enabled; "
+        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_warn ] || break; sleep 0.2; done; rmmod hvp_warn");
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "fake_kernel_words.h"
@@ -226,6 +227,31 @@ TEST(ShadowModuleBuild, StructModuleAndKallsymsFromTheTestPatch) {
     }
   }
   EXPECT_TRUE(found);
+
+  // ORC: the entries of the copied code, sorted, one at the new function's first byte.
+  l.num_orcs = 0x230, l.orc_unwind_ip = 0x238, l.orc_unwind = 0x240;
+  shadow = BuildShadowModule(l, *m, *image, *linked, at);
+  ASSERT_TRUE(shadow.ok());
+  std::uint32_t orcs;
+  std::uint64_t orc_ip, orc;
+  std::memcpy(&orcs, shadow->module.data() + l.num_orcs, 4);
+  std::memcpy(&orc_ip, shadow->module.data() + l.orc_unwind_ip, 8);
+  std::memcpy(&orc, shadow->module.data() + l.orc_unwind, 8);
+  ASSERT_EQ(orcs, shadow->orcs);
+  ASSERT_GE(orcs, 2u);
+  EXPECT_EQ(orc, orc_ip + 4 * orcs);
+  std::vector<std::uint64_t> ips;
+  for (std::uint32_t i = 0; i < orcs; ++i) {
+    std::int32_t rel;
+    std::memcpy(&rel, shadow->tables.data() + (orc_ip - at.tables_va) + 4 * i, 4);
+    ips.push_back(orc_ip + 4 * i + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel)));
+  }
+  EXPECT_TRUE(std::is_sorted(ips.begin(), ips.end()));
+  EXPECT_NE(std::find(ips.begin(), ips.end(), linked->functions[0].new_va), ips.end());
+  for (std::uint64_t ip : ips) {
+    EXPECT_GE(ip, base[0]);
+    EXPECT_LE(ip, base[0] + 0x1000);
+  }
 
   l.module_size = 0x3c0;  // a guest whose struct module differs from the headers' one
   EXPECT_THAT(BuildShadowModule(l, *m, *image, *linked, at),
