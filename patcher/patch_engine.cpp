@@ -375,10 +375,14 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
-  if (const KernelBtf* btf = kernel_.Btf()) {
-    // The shadow module, if this patch has one linked, lies in its data runs: found and unlinked
-    // inside the pause (a patch applied without one has none to find).
-    HV_ASSIGN_OR_RETURN(ShadowModuleLayout shadow, ShadowModuleLayout::Read(*btf, kernel_));
+  // The shadow module, if this patch has one linked, lies in its data runs: found and unlinked
+  // inside the pause (a patch applied without one has none to find). A kernel whose layout
+  // cannot be read gave none at apply either.
+  const KernelBtf* btf = kernel_.Btf();
+  Result<ShadowModuleLayout> shadow_layout =
+      btf != nullptr ? ShadowModuleLayout::Read(*btf, kernel_) : Result<ShadowModuleLayout>(NotFound("no BTF"));
+  if (shadow_layout.ok()) {
+    const ShadowModuleLayout shadow = *shadow_layout;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
     for (const auto& a : layout->allocations()) {
       if (a.owner == patch->name && a.memory == MemoryClass::kData) {
