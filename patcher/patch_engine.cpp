@@ -53,6 +53,30 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   return out;
 }
 
+std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout) {
+  // The shadow module, if the patch has one linked, lies in its data runs: found and unlinked
+  // inside the pause (a patch applied without one has none to find). A kernel whose layout
+  // cannot be read gave none at apply either.
+  const KernelBtf* btf = kernel_.Btf();
+  if (btf == nullptr) return std::nullopt;
+  auto shadow = ShadowModuleLayout::Read(*btf, kernel_);
+  if (!shadow.ok()) return std::nullopt;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  for (const auto& a : layout.allocations()) {
+    if (a.owner == name && a.memory == MemoryClass::kData) {
+      runs.push_back({layout.Va(a.offset()), layout.Va(a.offset()) + a.size()});
+    }
+  }
+  if (runs.empty()) return std::nullopt;
+  return KernelEdit([l = *shadow, runs](KernelWords& mem) -> Status {
+    for (const auto& [begin, end] : runs) {
+      HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, l, begin, end));
+      if (mod != 0) return UnlinkShadowModule(mem, l, mod).WithContext("unlinking the shadow module");
+    }
+    return Status::Ok();
+  });
+}
+
 Result<CpuFeatures> PatchEngine::ReadCpuFeatures(const KernelBtf& btf) {
   auto read = [&]() -> Result<CpuFeatures> {
     HV_ASSIGN_OR_RETURN(ResolvedSymbol cpu, kernel_.Resolve("boot_cpu_data", "vmlinux", 0));
@@ -375,28 +399,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
-  // The shadow module, if this patch has one linked, lies in its data runs: found and unlinked
-  // inside the pause (a patch applied without one has none to find). A kernel whose layout
-  // cannot be read gave none at apply either.
-  const KernelBtf* btf = kernel_.Btf();
-  Result<ShadowModuleLayout> shadow_layout =
-      btf != nullptr ? ShadowModuleLayout::Read(*btf, kernel_) : Result<ShadowModuleLayout>(NotFound("no BTF"));
-  if (shadow_layout.ok()) {
-    const ShadowModuleLayout shadow = *shadow_layout;
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
-    for (const auto& a : layout->allocations()) {
-      if (a.owner == patch->name && a.memory == MemoryClass::kData) {
-        runs.push_back({layout->Va(a.offset()), layout->Va(a.offset()) + a.size()});
-      }
-    }
-    plan.kernel_edits.push_back([shadow, runs](KernelWords& mem) -> Status {
-      for (const auto& [begin, end] : runs) {
-        HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, shadow, begin, end));
-        if (mod != 0) return UnlinkShadowModule(mem, shadow, mod).WithContext("unlinking the shadow module");
-      }
-      return Status::Ok();
-    });
-  }
+  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
   auto committed = CommitWithLedger(ledger, plan, request.retry);
   patch = ledger.Find(request.name);
@@ -501,13 +504,17 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
       HV_RETURN_IF_ERROR(store_.Save(ledger));
       continue;
     }
-    if (!undo.code_writes.empty()) {
+    auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+    // A link made in the interrupted pause goes too (nothing to do when there is none).
+    if (layout.ok()) {
+      if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
+    }
+    if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
       // Partly switched: put the rest back, with the same stack check as a revert.
       Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
       auto r = committer.Commit(undo);
       if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
     }
-    auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
     if (layout.ok() && layout->Free(p.name).ok()) ledger.arena.layout = layout->Serialize();
     notes.push_back("recovered patch '" + p.name + "' interrupted while " +
                     (was_applying ? "applying" : "reverting") + ": fully reverted");

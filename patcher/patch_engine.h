@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "patcher/arena_layout.h"
 #include "patcher/commit.h"
 #include "patcher/kernel_btf.h"
 #include "patcher/kernel_tables.h"
@@ -119,6 +120,9 @@ class PatchEngine {
 
  private:
   Result<Ledger> LoadLedger();
+  // The kernel edit that unlinks the shadow module of patch `name` (in its data runs of
+  // `layout`), or none when this kernel gives patches no shadow module.
+  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
   // The guest's boot_cpu_data.x86_capability, for alternatives.
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
