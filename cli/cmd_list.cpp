@@ -19,6 +19,8 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
   if (!session.ok()) return ReportError(o, session.status());
   auto patches = (*session)->engine->List();
   if (!patches.ok()) return ReportError(o, patches.status());
+  auto current = (*session)->engine->CurrentLedger();
+  if (!current.ok()) return ReportError(o, current.status());
   // The agent's tree next to the ledger.
   std::optional<std::vector<std::string>> diffs;
   std::string agent_note = (*session)->agent_note;
@@ -30,6 +32,16 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
   }
   if (o.json) {
     nlohmann::json j = {{"patches", nlohmann::json::array()}, {"recovered", (*session)->recovery}};
+    // Which boot the ledger describes (see docs/transaction.md), and the ledgers of earlier
+    // boots it replaced.
+    j["boot"] = {{"kernel_build_id", current->kernel_build_id}, {"kaslr_offset", Hex(current->kaslr_offset)},
+                 {"page_table_gpa", Hex(current->page_table_gpa)},
+                 {"mark", current->boot_mark ? nlohmann::json(Hex(current->boot_mark)) : nlohmann::json(nullptr)}};
+    j["archived_ledgers"] = nlohmann::json::array();
+    for (const auto& a : current->archived) {
+      j["archived_ledgers"].push_back(
+          {{"path", a.path}, {"reason", a.reason}, {"archived_at", a.at}, {"patches", a.patches}});
+    }
     for (const auto& p : *patches) {
       nlohmann::json jp = {{"name", p.patch.name},
                            {"state", std::string(patcher::PatchStateName(p.patch.state))},

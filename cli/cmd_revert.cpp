@@ -17,6 +17,18 @@ static int RunRevert(const GlobalOptions& o, const std::vector<std::string>& arg
   if (!session.ok()) return ReportError(o, session.status());
   auto r = (*session)->engine->Revert({args[1], RetryFrom(o)});
   if (!r.ok()) return ReportError(o, r.status());
+  if (!r->gone_with_boot.empty()) {
+    // The patch went with an earlier boot of the guest: nothing to undo, nothing written.
+    if (o.json) {
+      nlohmann::json j = {{"name", r->name}, {"functions", nlohmann::json::array()},
+                          {"gone_with_boot", r->gone_with_boot}, {"recovered", (*session)->recovery}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("patch '%s' is gone with an earlier boot of the guest (%s): nothing to revert, nothing written\n",
+                  r->name.c_str(), r->gone_with_boot.c_str());
+    }
+    return kExitOk;
+  }
   if (o.json) {
     nlohmann::json j = {{"name", r->name},           {"functions", r->functions},
                         {"pause_us", r->commit.pause_us}, {"tries", r->commit.tries},

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -36,15 +37,23 @@ patcher::PatchState StateFromName(const std::string& s) {
 
 json ToJson(const Ledger& l) {
   json j;
-  j["format"] = 1;
+  j["format"] = 2;
   j["vm"] = l.vm_identity;
   j["kernel_build_id"] = l.kernel_build_id;
+  j["kaslr_offset"] = l.kaslr_offset;
+  j["page_table_gpa"] = l.page_table_gpa;
+  j["boot_mark"] = l.boot_mark;
+  j["archived"] = json::array();
+  for (const auto& a : l.archived) {
+    j["archived"].push_back({{"path", a.path}, {"reason", a.reason}, {"at", a.at},
+                             {"patches", a.patches}, {"arena_va", a.arena_va}});
+  }
   j["paused_by_hvpatch"] = l.paused_by_hvpatch;
   j["was_running"] = l.was_running;
   j["arena"] = {{"mapped", l.arena.mapped},       {"base_va", l.arena.base_va},
                 {"bar_gpa", l.arena.bar_gpa},     {"size", l.arena.size},
                 {"pmd_entry_gpa", l.arena.pmd_entry_gpa}, {"pmd_entry", l.arena.pmd_entry},
-                {"layout", l.arena.layout}};
+                {"layout", l.arena.layout}, {"committed", l.arena.committed}};
   j["patches"] = json::array();
   for (const auto& p : l.patches) {
     json jp = {{"name", p.name}, {"build_id", p.build_id},
@@ -65,9 +74,25 @@ json ToJson(const Ledger& l) {
 
 Ledger FromJson(const json& j) {
   Ledger l;
-  if (j.at("format").get<int>() != 1) throw std::invalid_argument("unknown ledger format");
+  // Format 1 predates the boot identity: its missing parts read as unknown (0).
+  const int format = j.at("format").get<int>();
+  if (format != 1 && format != 2) throw std::invalid_argument("unknown ledger format " + std::to_string(format));
   l.vm_identity = j.at("vm").get<std::string>();
   l.kernel_build_id = j.at("kernel_build_id").get<std::string>();
+  if (format >= 2) {
+    l.kaslr_offset = j.at("kaslr_offset").get<std::uint64_t>();
+    l.page_table_gpa = j.at("page_table_gpa").get<std::uint64_t>();
+    l.boot_mark = j.at("boot_mark").get<std::uint64_t>();
+    for (const auto& ja : j.at("archived")) {
+      patcher::ArchivedLedger a;
+      a.path = ja.at("path").get<std::string>();
+      a.reason = ja.at("reason").get<std::string>();
+      a.at = ja.at("at").get<std::int64_t>();
+      a.patches = ja.at("patches").get<std::vector<std::string>>();
+      a.arena_va = ja.at("arena_va").get<std::uint64_t>();
+      l.archived.push_back(std::move(a));
+    }
+  }
   l.paused_by_hvpatch = j.at("paused_by_hvpatch").get<bool>();
   l.was_running = j.at("was_running").get<bool>();
   const json& a = j.at("arena");
@@ -78,6 +103,8 @@ Ledger FromJson(const json& j) {
   l.arena.pmd_entry_gpa = a.at("pmd_entry_gpa").get<std::uint64_t>();
   l.arena.pmd_entry = a.at("pmd_entry").get<std::uint64_t>();
   l.arena.layout = a.at("layout").get<std::string>();
+  // Format 1 had no flag: a mapping it kept was one a finished apply had written.
+  l.arena.committed = format >= 2 ? a.at("committed").get<bool>() : l.arena.mapped;
   for (const auto& jp : j.at("patches")) {
     patcher::LedgerPatch p;
     p.name = jp.at("name").get<std::string>();
@@ -169,6 +196,32 @@ Status LedgerFile::Save(const Ledger& ledger) {
     close(dfd);
   }
   return Status::Ok();
+}
+
+Result<std::string> LedgerFile::Archive() {
+  // <stem>.json -> <stem>.archived-YYYYmmddTHHMMSSZ[-N].json: sorts by time, and never a name
+  // that Load() reads.
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+  std::string base = path_;
+  if (base.size() > 5 && base.compare(base.size() - 5, 5, ".json") == 0) base.resize(base.size() - 5);
+  std::string target = base + ".archived-" + stamp + ".json";
+  for (int n = 1; access(target.c_str(), F_OK) == 0; ++n) {
+    target = base + ".archived-" + stamp + "-" + std::to_string(n) + ".json";
+  }
+  if (rename(path_.c_str(), target.c_str()) != 0) {
+    return ErrnoError("archiving ledger '" + path_ + "' as '" + target + "'", errno);
+  }
+  const std::string dir = path_.substr(0, path_.rfind('/') == std::string::npos ? 0 : path_.rfind('/'));
+  int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  return target;
 }
 
 }  // namespace hv::cli

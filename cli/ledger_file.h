@@ -22,6 +22,8 @@ class LedgerFile : public patcher::LedgerStore {
   // message names the file: a human may have edited it).
   Result<patcher::Ledger> Load() override;
   Status Save(const patcher::Ledger& ledger) override;
+  // Renames the file to <stem>.archived-<UTC time>.json beside it.
+  Result<std::string> Archive() override;
   std::string Describe() const override { return path_; }
 
  private:

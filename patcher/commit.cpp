@@ -41,6 +41,7 @@ Status VmKernelWords::Write(std::uint64_t va, std::span<const std::uint8_t> byte
 
 Status Committer::WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, KernelWords* kernel,
                            const std::function<void(const char*)>& phase) {
+  wrote_ = true;
   for (const auto& w : plan.phys_writes) {
     HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
   }

@@ -111,6 +111,9 @@ class Committer {
   // kFailedPrecondition (run-pre mismatch, unreadable stack), and any Vm error (after which the
   // VM is resumed if this call paused it).
   Result<CommitReport> Commit(const CommitPlan& plan);
+  // True once Commit started writing into the guest: after a failure, the guest may hold part
+  // of the plan (or all of it, with the resume failed), so the caller must not assume either.
+  bool wrote() const { return wrote_; }
 
  private:
   void Step(std::string_view s) {
@@ -124,6 +127,7 @@ class Committer {
   StackSource& stacks_;
   RetryPolicy policy_;
   StepHook hook_;
+  bool wrote_ = false;
 };
 
 }  // namespace hv::patcher

@@ -20,6 +20,11 @@ class GuestKernelView : public KernelView {
   vmm::PagingMode KernelPaging() const override { return kernel_.paging(); }
   std::uint64_t ImageEnd() const override { return image_end_; }
   const KernelBtf* Btf() const override { return &kernel_.btf(); }
+  std::uint64_t KaslrOffset() const override { return kernel_.kaslr_offset(); }
+  // Only a root from vmcoreinfo's init_top_pgt identifies the boot (see KernelView).
+  std::uint64_t PageTableGpa() const override {
+    return kernel_.vmcoreinfo().Symbol("init_top_pgt") && kernel_.vmcoreinfo().Number("phys_base") ? kernel_.paging().cr3 & vmm::pte::kAddrMask : 0;
+  }
 
  private:
   GuestKernelView(const GuestKernel& k, std::uint64_t end) : kernel_(k), image_end_(end) {}

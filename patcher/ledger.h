@@ -56,16 +56,56 @@ struct ArenaMapping {
   // The allocator's state (ArenaLayout::Serialize): who owns which pages, and which freed pages
   // stay mapped (see patcher/arena_layout.h for why pages are retired, never unmapped).
   std::string layout;
+  // True once an apply that mapped the arena has finished its pause: from then on the PMD entry
+  // is in the guest's page tables for as long as this boot lasts. Before (a first apply killed
+  // mid-way), a missing PMD entry proves nothing about the boot.
+  bool committed = false;
+};
+
+// Which boot of the guest a ledger describes. A ledger is only ever used on the boot it was
+// written for; see docs/transaction.md, "Boot identity", for why these parts and not others.
+struct BootIdentity {
+  std::string kernel_build_id;      // vmcoreinfo BUILD-ID
+  std::uint64_t kaslr_offset = 0;   // vmcoreinfo KERNELOFFSET
+  std::uint64_t page_table_gpa = 0; // the kernel's own top-level page table (init_top_pgt), 0 if unknown
+  // hvpatch's boot mark: a random value hvpatch writes into entry 0 of the arena's PTE table
+  // (page 0 of the BAR) when it maps the arena. Entry 0 never maps a page (the table is not
+  // mapped itself), and bit 0 (present) of the mark is clear, so the guest's MMU ignores it.
+  // Migration and save/restore carry it with the arena; a new QEMU with a fresh arena file has
+  // none. 0 until the arena is mapped.
+  std::uint64_t mark = 0;
+  bool operator==(const BootIdentity&) const = default;
+};
+
+// A ledger that was found to belong to another boot, kept by the store under another name.
+struct ArchivedLedger {
+  std::string path;                  // where LedgerStore::Archive put it
+  std::string reason;                // why it was not this boot's
+  std::int64_t at = 0;               // unix seconds
+  std::vector<std::string> patches;  // the patches it held (they went with that boot)
+  std::uint64_t arena_va = 0;        // where that boot had the arena mapped (0: not mapped)
 };
 
 struct Ledger {
   std::string vm_identity;
   std::string kernel_build_id;  // the guest kernel the ledger's addresses belong to
+  // The rest of the boot identity (BootIdentity, with kernel_build_id above).
+  std::uint64_t kaslr_offset = 0;
+  std::uint64_t page_table_gpa = 0;
+  std::uint64_t boot_mark = 0;
   ArenaMapping arena;
   std::vector<LedgerPatch> patches;  // stack order: the last one is on top
   // Set while a process holds the VM paused: if it dies, the next run restores the run state.
   bool paused_by_hvpatch = false;
   bool was_running = false;
+  // Ledgers of earlier boots this one replaced, oldest first (at most kArchivedKept): what
+  // `list` reports and what lets `revert` say that a patch went with an earlier boot.
+  std::vector<ArchivedLedger> archived;
+  static constexpr std::size_t kArchivedKept = 8;
+
+  BootIdentity Boot() const { return {kernel_build_id, kaslr_offset, page_table_gpa, boot_mark}; }
+  // True when the ledger holds nothing of this boot's guest: no patch, no arena, no pause.
+  bool Empty() const { return patches.empty() && !arena.mapped && !paused_by_hvpatch; }
 
   LedgerPatch* Find(std::string_view name);
   const LedgerPatch* Find(std::string_view name) const;
@@ -81,6 +121,9 @@ class LedgerStore {
   // An empty ledger if none was saved yet.
   virtual Result<Ledger> Load() = 0;
   virtual Status Save(const Ledger& ledger) = 0;
+  // Moves the saved ledger aside, kept for the record under a new name with a timestamp, and
+  // returns where it went. The next Load() finds no ledger. Errors: kIo.
+  virtual Result<std::string> Archive() = 0;
   // Where it lives, for messages.
   virtual std::string Describe() const = 0;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <random>
 #include <set>
 
 #include "base/hex.h"
@@ -43,6 +44,23 @@ class KernelCodeReader : public GuestCodeReader {
 
 bool SiteHolds(const std::vector<std::uint8_t>& now, const std::vector<std::uint8_t>& want) {
   return !want.empty() && now == want;
+}
+
+// A new boot mark: random, non-zero, with bit 0 (present) clear so that, as entry 0 of the
+// arena's PTE table, the MMU ignores it (a not-present entry's other bits are the OS's).
+std::uint64_t NewBootMark() {
+  std::random_device rd;
+  std::uint64_t m = (std::uint64_t{rd()} << 32) ^ rd();
+  m &= ~std::uint64_t{1};
+  return m ? m : 2;
+}
+
+// The PTE table as first written: the layout's, with the boot mark in entry 0.
+std::vector<std::uint8_t> PteTableWithMark(const ArenaLayout& layout, std::uint64_t mark) {
+  const auto table = layout.PteTable();
+  std::vector<std::uint8_t> out(table.begin(), table.end());
+  std::memcpy(out.data(), &mark, 8);
+  return out;
 }
 
 }  // namespace
@@ -93,15 +111,94 @@ Result<CpuFeatures> PatchEngine::ReadCpuFeatures(const KernelBtf& btf) {
   return read;
 }
 
+void PatchEngine::SetBootIdentity(Ledger& ledger) const {
+  ledger.kernel_build_id = kernel_.BuildId();
+  ledger.kaslr_offset = kernel_.KaslrOffset();
+  ledger.page_table_gpa = kernel_.PageTableGpa();
+}
+
+std::string PatchEngine::ForeignBootReason(const Ledger& ledger) {
+  if (!ledger.kernel_build_id.empty() && ledger.kernel_build_id != kernel_.BuildId()) {
+    return "kernel build-id " + ledger.kernel_build_id + ", the guest runs " + kernel_.BuildId();
+  }
+  // Ledgers written before the boot identity (format 1) have neither: the arena checks remain.
+  if (ledger.page_table_gpa != 0) {
+    if (ledger.kaslr_offset != kernel_.KaslrOffset()) {
+      return "KASLR offset " + Hex(ledger.kaslr_offset) + ", the guest's is " + Hex(kernel_.KaslrOffset());
+    }
+    if (kernel_.PageTableGpa() != 0 && ledger.page_table_gpa != kernel_.PageTableGpa()) {
+      return "kernel page tables at " + Hex(ledger.page_table_gpa) + ", the guest's are at " +
+             Hex(kernel_.PageTableGpa());
+    }
+  }
+  const bool live = ledger.arena.committed ||
+                    std::any_of(ledger.patches.begin(), ledger.patches.end(),
+                                [](const LedgerPatch& p) { return p.state != PatchState::kApplying; });
+  if (ledger.arena.mapped && live) {
+    // A boot rebuilds the kernel's page tables from the image: hvpatch's PMD entry does not
+    // survive one, even when KASLR puts the kernel at the same place (nokaslr).
+    std::vector<std::uint8_t> raw(8);
+    if (!vm_.ReadPhys(ledger.arena.pmd_entry_gpa, raw).ok()) {
+      return "the arena's PMD entry at " + Hex(ledger.arena.pmd_entry_gpa) + " cannot be read";
+    }
+    if (ReadQ(raw) != ledger.arena.pmd_entry) {
+      return "the arena's PMD entry at " + Hex(ledger.arena.pmd_entry_gpa) + " is " + Hex(ReadQ(raw)) + ", not " +
+             Hex(ledger.arena.pmd_entry) + ": the guest's page tables were rebuilt by a boot";
+    }
+    // The mark tells this ledger's mapping from an identical one made by another state
+    // directory, and a new QEMU's fresh arena file from the one migration carried.
+    if (ledger.boot_mark != 0) {
+      if (!vm_.ReadPhys(ledger.arena.bar_gpa, raw).ok()) return "the arena's boot mark cannot be read";
+      if (ReadQ(raw) != ledger.boot_mark) {
+        return "hvpatch's boot mark in the arena is " + Hex(ReadQ(raw)) + ", the ledger's is " + Hex(ledger.boot_mark);
+      }
+    }
+  }
+  return "";
+}
+
 Result<Ledger> PatchEngine::LoadLedger() {
   HV_ASSIGN_OR_RETURN(Ledger ledger, store_.Load());
   if (ledger.vm_identity.empty()) ledger.vm_identity = vm_.Identity();
-  if (ledger.kernel_build_id.empty()) ledger.kernel_build_id = kernel_.BuildId();
-  return ledger;
+  if (ledger.Empty()) {
+    // Nothing of any boot in it: it simply becomes this boot's.
+    SetBootIdentity(ledger);
+    ledger.boot_mark = 0;
+    return ledger;
+  }
+  const std::string reason = ForeignBootReason(ledger);
+  if (reason.empty()) {
+    if (ledger.page_table_gpa == 0) SetBootIdentity(ledger);  // a format-1 ledger: complete it
+    return ledger;
+  }
+  // Another boot's ledger: kept for the record, never acted on. Its addresses mean nothing in
+  // this boot, so not one byte is written to the guest on its behalf (not even a resume).
+  ArchivedLedger record;
+  record.reason = reason;
+  record.at = static_cast<std::int64_t>(std::time(nullptr));
+  for (const auto& p : ledger.patches) record.patches.push_back(p.name);
+  record.arena_va = ledger.arena.mapped ? ledger.arena.base_va : 0;
+  HV_ASSIGN_OR_RETURN(record.path, store_.Archive());
+  Ledger fresh;
+  fresh.vm_identity = ledger.vm_identity;
+  SetBootIdentity(fresh);
+  fresh.archived = std::move(ledger.archived);
+  fresh.archived.push_back(record);
+  if (fresh.archived.size() > Ledger::kArchivedKept) {
+    fresh.archived.erase(fresh.archived.begin(),
+                         fresh.archived.end() - static_cast<std::ptrdiff_t>(Ledger::kArchivedKept));
+  }
+  HV_RETURN_IF_ERROR(store_.Save(fresh).WithContext("writing the ledger after archiving '" + record.path + "'"));
+  std::string names;
+  for (const auto& n : record.patches) names += (names.empty() ? "" : ", ") + n;
+  boot_notes_.push_back("the ledger of an earlier boot of this VM (" + reason + ") was archived as '" + record.path +
+                        "'; " + (names.empty() ? std::string("it held no patch") : "its patches (" + names + ") went with that boot") +
+                        ", and the VM is treated as unpatched");
+  return fresh;
 }
 
 Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t bar_gpa,
-                                                 std::uint64_t* pmd_entry_gpa) {
+                                                 std::uint64_t* pmd_entry_gpa, std::uint64_t avoid_va) {
   // Walk to the PMD table of the kernel-image window (PGD[511] -> PUD[510] on 4-level paging).
   std::uint64_t table = mode.cr3 & vmm::pte::kAddrMask;
   for (int level = mode.la57 ? 5 : 4; level >= 3; --level) {
@@ -134,20 +231,29 @@ Result<std::uint64_t> PatchEngine::FindArenaSlot(const vmm::PagingMode& mode, st
   }
   const std::uint64_t end = kernel_.ImageEnd();
   if (end <= kKernelImageBase) return Internal("kernel image end " + Hex(end) + " below the window");
-  // One empty slot as a guard after the image, then the first free one.
+  // One empty slot as a guard after the image, then the first free one (the avoided one last).
+  std::optional<std::uint64_t> avoided;
   for (std::uint64_t i = ((end - 1 - kKernelImageBase) / kSlot) + 2; i < 512; ++i) {
     std::uint64_t e;
     std::memcpy(&e, pmd.data() + i * 8, 8);
-    if (e == 0) {
-      *pmd_entry_gpa = table + i * 8;
-      return kKernelImageBase + i * kSlot;
+    if (e != 0) continue;
+    if (kKernelImageBase + i * kSlot == avoid_va) {
+      avoided = i;
+      continue;
     }
+    *pmd_entry_gpa = table + i * 8;
+    return kKernelImageBase + i * kSlot;
+  }
+  if (avoided) {
+    *pmd_entry_gpa = table + *avoided * 8;
+    return kKernelImageBase + *avoided * kSlot;
   }
   return Unavailable("no free 2 MiB slot in the kernel-image window above " + Hex(end));
 }
 
 Result<CommitReport> PatchEngine::CommitWithLedger(Ledger& ledger, const CommitPlan& plan,
-                                                   const RetryPolicy& retry) {
+                                                   const RetryPolicy& retry, bool* wrote) {
+  *wrote = false;
   // Recorded before the pause, so a crash inside it is recovered by resuming the VM.
   HV_ASSIGN_OR_RETURN(bool running, vm_.Running());
   ledger.paused_by_hvpatch = true;
@@ -156,7 +262,15 @@ Result<CommitReport> PatchEngine::CommitWithLedger(Ledger& ledger, const CommitP
   if (hook_) hook_("ledger_written");
   Committer committer(vm_, stacks_, retry, hook_);
   auto report = committer.Commit(plan);
-  ledger.paused_by_hvpatch = false;
+  *wrote = committer.wrote();
+  if (report.ok()) {
+    ledger.paused_by_hvpatch = false;
+    return report;
+  }
+  // A failed commit may have left the VM paused (its resume failed, or QEMU's connection went):
+  // the flag stays for the next run's recovery unless the run state is as it was.
+  auto now = vm_.Running();
+  ledger.paused_by_hvpatch = !(now.ok() && *now == ledger.was_running);
   return report;
 }
 
@@ -196,12 +310,16 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   } else {
     HV_ASSIGN_OR_RETURN(vmm::ArenaDevice dev, vm_.Arena());
     std::uint64_t pmd_gpa = 0;
-    HV_ASSIGN_OR_RETURN(std::uint64_t slot, FindArenaSlot(mode, dev.bar_gpa, &pmd_gpa));
+    const std::uint64_t avoid = ledger.archived.empty() ? 0 : ledger.archived.back().arena_va;
+    HV_ASSIGN_OR_RETURN(std::uint64_t slot, FindArenaSlot(mode, dev.bar_gpa, &pmd_gpa, avoid));
     HV_ASSIGN_OR_RETURN(ArenaLayout l, ArenaLayout::Create(slot, dev.bar_gpa, std::min(dev.size, kSlot)));
     layout = std::move(l);
-    mapping = {true, slot, dev.bar_gpa, layout->size(), pmd_gpa, layout->PmdEntry(), ""};
+    mapping = {true, slot, dev.bar_gpa, layout->size(), pmd_gpa, layout->PmdEntry(), "", false};
     map_now = true;
   }
+  // This boot's mark goes into the arena with its PTE table, recorded ahead like every write.
+  std::uint64_t boot_mark = ledger.boot_mark;
+  if (map_now && boot_mark == 0) boot_mark = NewBootMark();
 
   const KernelCodeReader reader(vm_, mode);
   std::optional<ShadowModuleLayout> shadow;
@@ -298,8 +416,8 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   }
   if (map_now) {
     // The whole PTE table first: a slot mapped for the first time must not expose stale bytes.
-    const auto table = layout->PteTable();
-    plan.phys_writes.insert(plan.phys_writes.begin(), {mapping.bar_gpa, {table.begin(), table.end()}, "arena page table"});
+    plan.phys_writes.insert(plan.phys_writes.begin(),
+                            {mapping.bar_gpa, PteTableWithMark(*layout, boot_mark), "arena page table and boot mark"});
     std::vector<std::uint8_t> e(8);
     std::memcpy(e.data(), &mapping.pmd_entry, 8);
     plan.phys_writes.push_back({mapping.pmd_entry_gpa, e, "arena PMD entry"});
@@ -336,18 +454,33 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   // Write-ahead: the record (with every original byte) and the arena state before any write.
   mapping.layout = planned.arena_after.Serialize();
   const ArenaMapping previous_mapping = ledger.arena;
+  const std::uint64_t previous_mark = ledger.boot_mark;
   ledger.arena = mapping;
+  ledger.boot_mark = boot_mark;
   ledger.patches.push_back(record);
-  auto committed = CommitWithLedger(ledger, plan, request.retry);
+  bool wrote = false;
+  auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
+  if (!committed.ok() && wrote) {
+    // The guest may hold some or all of the patch (a write or the resume failed, e.g. QEMU
+    // closed the connection): keep the record as 'applying', so the next run's recovery reads
+    // the guest and finishes or undoes it. Dropping it here could lose live trampolines.
+    Status saved = store_.Save(ledger);
+    return committed.status().WithHint(
+        saved.ok() ? "the ledger keeps patch '" + module.name() +
+                         "' as applying: the next hvpatch command on this VM (e.g. list) finds it fully applied or undoes it"
+                   : "the ledger could not be updated either (" + saved.message() + ")");
+  }
   if (!committed.ok()) {
     ledger.patches.pop_back();
     ledger.arena = previous_mapping;
+    ledger.boot_mark = previous_mark;
     Status saved = store_.Save(ledger);
     if (!saved.ok()) return committed.status().WithContext("(ledger not updated: " + saved.message() + ")");
     return committed.status();
   }
   result.commit = *committed;
   ledger.patches.back().state = PatchState::kApplied;
+  ledger.arena.committed = true;
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
   if (hook_) hook_("applied");
 
@@ -376,7 +509,18 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
 Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
   HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
   LedgerPatch* patch = ledger.Find(request.name);
-  if (!patch) return NotFound("patch '" + request.name + "' is not applied to " + vm_.Describe());
+  if (!patch) {
+    // Live in an earlier boot, gone with it: the wanted end state holds, and nothing is written.
+    for (auto a = ledger.archived.rbegin(); a != ledger.archived.rend(); ++a) {
+      if (std::find(a->patches.begin(), a->patches.end(), request.name) != a->patches.end()) {
+        RevertResult gone;
+        gone.name = request.name;
+        gone.gone_with_boot = "ledger archived as '" + a->path + "': " + a->reason;
+        return gone;
+      }
+    }
+    return NotFound("patch '" + request.name + "' is not applied to " + vm_.Describe());
+  }
   for (const auto& f : patch->functions) {
     const LedgerPatch* top = ledger.TopAt(f.site);
     if (top && top->name != patch->name) {
@@ -401,8 +545,17 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
   }
   if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
-  auto committed = CommitWithLedger(ledger, plan, request.retry);
+  bool wrote = false;
+  auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
   patch = ledger.Find(request.name);
+  if (!committed.ok() && wrote) {
+    // As in Apply: the record stays 'reverting' for the next run's recovery.
+    Status saved = store_.Save(ledger);
+    return committed.status().WithHint(
+        saved.ok() ? "the ledger keeps patch '" + request.name +
+                         "' as reverting: the next hvpatch command on this VM (e.g. list) finds it still applied or finishes the revert"
+                   : "the ledger could not be updated either (" + saved.message() + ")");
+  }
   if (!committed.ok()) {
     patch->state = PatchState::kApplied;
     (void)store_.Save(ledger);
@@ -448,35 +601,11 @@ Status PatchEngine::ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& n
 }
 
 Result<std::vector<std::string>> PatchEngine::Recover() {
-  std::vector<std::string> notes;
   HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
+  // A ledger of another boot was archived by LoadLedger: its notes come first.
+  std::vector<std::string> notes = std::move(boot_notes_);
+  boot_notes_.clear();
   if (ledger.patches.empty() && !ledger.paused_by_hvpatch) return notes;
-
-  // A ledger from another boot describes bytes that no longer exist.
-  bool any_trampoline = false, any_applied = false;
-  for (const auto& p : ledger.patches) {
-    any_applied = any_applied || p.state == PatchState::kApplied;
-    for (const auto& f : p.functions) {
-      auto now = ReadKernel(f.site, 5);
-      if (now.ok() && SiteHolds(*now, f.trampoline)) any_trampoline = true;
-    }
-  }
-  if (ledger.kernel_build_id != kernel_.BuildId() || (any_applied && !any_trampoline && [&] {
-        std::vector<std::uint8_t> raw(8);
-        return !ledger.arena.mapped || !vm_.ReadPhys(ledger.arena.pmd_entry_gpa, raw).ok() ||
-               ReadQ(raw) != ledger.arena.pmd_entry;
-      }())) {
-    notes.push_back("dropped a ledger of " + std::to_string(ledger.patches.size()) +
-                    " patch(es) from an earlier boot of this VM");
-    Ledger fresh;
-    fresh.vm_identity = vm_.Identity();
-    fresh.kernel_build_id = kernel_.BuildId();
-    fresh.paused_by_hvpatch = ledger.paused_by_hvpatch;
-    fresh.was_running = ledger.was_running;
-    HV_RETURN_IF_ERROR(store_.Save(fresh));
-    HV_RETURN_IF_ERROR(ResumeAfterCrash(fresh, notes));
-    return notes;
-  }
 
   for (std::size_t i = 0; i < ledger.patches.size(); ++i) {
     LedgerPatch& p = ledger.patches[i];
@@ -494,6 +623,7 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
     const bool was_applying = p.state == PatchState::kApplying;
     if (was_applying && switched == p.functions.size()) {
       p.state = PatchState::kApplied;
+      ledger.arena.committed = true;
       notes.push_back("recovered patch '" + p.name + "' interrupted while applying: fully applied");
       HV_RETURN_IF_ERROR(store_.Save(ledger));
       continue;
@@ -521,6 +651,14 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
     ledger.patches.erase(ledger.patches.begin() + static_cast<long>(i));
     --i;
     HV_RETURN_IF_ERROR(store_.Save(ledger));
+  }
+  if (ledger.arena.mapped && !ledger.arena.committed) {
+    // A first apply that died after writing the PMD entry: the mapping is this boot's now.
+    std::vector<std::uint8_t> raw(8);
+    if (vm_.ReadPhys(ledger.arena.pmd_entry_gpa, raw).ok() && ReadQ(raw) == ledger.arena.pmd_entry) {
+      ledger.arena.committed = true;
+      HV_RETURN_IF_ERROR(store_.Save(ledger));
+    }
   }
   HV_RETURN_IF_ERROR(ResumeAfterCrash(ledger, notes));
   return notes;

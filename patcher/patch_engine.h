@@ -34,6 +34,12 @@ class KernelView : public SymbolResolver {
   // The guest's BTF, for the shadow module's offsets (shadow_module.h). Null: patches get no
   // shadow module, and THIS_MODULE is refused as before.
   virtual const KernelBtf* Btf() const { return nullptr; }
+  // Parts of the boot identity (patcher/ledger.h BootIdentity): the KASLR offset, and the
+  // guest-physical address of the kernel's own top-level page table, 0 when the view does not
+  // know it (a paging root taken from a vCPU's CR3 changes with the running process, so it
+  // cannot identify a boot).
+  virtual std::uint64_t KaslrOffset() const { return 0; }
+  virtual std::uint64_t PageTableGpa() const { return 0; }
 };
 
 // The in-guest agent's part (optional): confirm from inside, publish the sysfs-like tree.
@@ -83,6 +89,9 @@ struct RevertResult {
   std::string name;
   std::vector<std::string> functions;
   CommitReport commit;
+  // Set when the patch was live in an earlier boot of the guest and went with it: nothing was
+  // written. Says where that boot's ledger was archived and why.
+  std::string gone_with_boot;
 };
 
 struct SiteCheck {
@@ -104,10 +113,20 @@ class PatchEngine {
       : vm_(vm), kernel_(kernel), stacks_(stacks), store_(store), agent_(agent),
         hook_(std::move(hook)) {}
 
-  // Finishes whatever a previous, dead hvpatch left in the ledger, and drops a ledger that
-  // belongs to an earlier boot. Returns one line per thing done ("recovered patch 'x': fully
-  // applied"), empty when there was nothing to do. Call it before any other operation.
+  // Finishes whatever a previous, dead hvpatch left in the ledger. A ledger of another boot of
+  // the guest (a restarted QEMU, a reboot inside QEMU: see BootIdentity) is archived through
+  // LedgerStore::Archive and replaced by an empty one, writing nothing to the guest on its
+  // behalf. Returns one line per thing done ("recovered patch 'x': fully applied"), empty when
+  // there was nothing to do. Call it before any other operation. (Apply, Revert and List
+  // archive a foreign ledger too, if Recover was not called.)
   Result<std::vector<std::string>> Recover();
+
+  // The ledger as this engine uses it: of this boot (a foreign one archived first), with the
+  // boot identity of the running guest filled in. For `list`.
+  Result<Ledger> CurrentLedger() { return LoadLedger(); }
+  // Why `ledger` does not describe the running boot of the guest, or "" when it does. Reads the
+  // arena's PMD entry and boot mark from the guest; an unreadable one counts as gone.
+  std::string ForeignBootReason(const Ledger& ledger);
 
   // Errors: the loader's and linker's (kInvalidArgument, kUnimplemented), kFailedPrecondition
   // (already applied, entry owned by ftrace, run-pre mismatch), kNotFound (no arena device,
@@ -127,10 +146,15 @@ class PatchEngine {
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
   // mapped in the window (a ledger this engine does not hold), kUnavailable when none is free.
+  // `avoid_va`: a slot not to take if another is free (where an earlier boot had the arena: TCG
+  // may still hold translations of that boot's code at that address).
   Result<std::uint64_t> FindArenaSlot(const vmm::PagingMode& mode, std::uint64_t bar_gpa,
-                                      std::uint64_t* pmd_entry_gpa);
+                                      std::uint64_t* pmd_entry_gpa, std::uint64_t avoid_va = 0);
+  void SetBootIdentity(Ledger& ledger) const;
   Result<std::vector<std::uint8_t>> ReadKernel(std::uint64_t va, std::size_t n);
-  Result<CommitReport> CommitWithLedger(Ledger& ledger, const CommitPlan& plan, const RetryPolicy& retry);
+  // `*wrote`: whether the commit got as far as writing into the guest (see Committer::wrote).
+  Result<CommitReport> CommitWithLedger(Ledger& ledger, const CommitPlan& plan, const RetryPolicy& retry,
+                                        bool* wrote);
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
 
   vmm::Vm& vm_;
@@ -139,6 +163,7 @@ class PatchEngine {
   LedgerStore& store_;
   GuestConfirmation* agent_;
   StepHook hook_;
+  std::vector<std::string> boot_notes_;  // what LoadLedger archived, for Recover to report
 };
 
 }  // namespace hv::patcher

@@ -10,6 +10,8 @@ pkgs=(
   # libraries (README: "Dependencies" says why each is here)
   libcapstone-dev libprotobuf-dev protobuf-compiler libvirt-dev libbpf-dev libelf-dev
   nlohmann-json3-dev libgtest-dev libgmock-dev
+  # fuzz targets under libFuzzer (tests/fuzz/run-libfuzzer.sh): clang 14 and its runtimes
+  clang-14 libclang-rt-14-dev
   # guests: QEMU TCG, busybox initramfs, kernel package extraction
   qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
   # kbuild for the test patch modules

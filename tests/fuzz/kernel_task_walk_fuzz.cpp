@@ -1,6 +1,9 @@
 // The task walk, module list and stack regions over a fake guest whose heap (task structs,
 // lists, stacks, per-cpu areas, run queues, the module) the input corrupts. Input: records of
-// 10 bytes, a little-endian u16 word index into the used heap and the u64 to store there.
+// 10 bytes, a little-endian u16 word index into the used heap and the u64 to store there. A
+// value below the heap's size becomes a pointer into the heap at that offset, so list links can
+// point back at any task or list head: cyclic task, thread and module lists, a task whose
+// stack is another task, per-cpu pointers into the middle of a task.
 // Everything is restored after each input, so the fake guest is built once.
 #include <cstdint>
 #include <cstring>
@@ -36,6 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::uint64_t value;
     std::memcpy(&index, data + at, 2);
     std::memcpy(&value, data + at + 2, 8);
+    if (value < w->heap.size()) value += hv::testing::FakeGuestKernel::kHeapVa;
     w->guest.Write64(hv::testing::FakeGuestKernel::kHeapVa + 8 * (index % words), value);
   }
   const auto vcpus = w->guest.vcpus();

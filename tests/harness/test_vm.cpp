@@ -162,7 +162,7 @@ Status TestVm::Boot(const TestVmOptions& o) {
   std::vector<std::string> argv = {
       "timeout", "--kill-after=5", std::to_string(o.lifetime_s), "qemu-system-x86_64",
       "-accel", "tcg", "-machine", "pc", "-m", std::to_string(o.mem_mib),
-      "-smp", std::to_string(o.smp), "-nodefaults", "-display", "none", "-no-reboot",
+      "-smp", std::to_string(o.smp), "-nodefaults", "-display", "none",
       "-kernel", images + "/vmlinuz", "-initrd", initrd,
       "-append", "console=ttyS0 panic=-1 quiet loglevel=4 " + o.extra_append,
       "-serial", "file:" + console_path(), "-monitor", "none",
@@ -174,6 +174,8 @@ Status TestVm::Boot(const TestVmOptions& o) {
       "-chardev", "socket,id=cmd,path=" + dir_ + "/cmd.sock,server=on,wait=off",
       "-device", "virtserialport,bus=vser0.0,chardev=cmd,name=org.hvpatch.test.0",
   };
+  if (o.no_reboot) argv.push_back("-no-reboot");
+  if (!o.incoming.empty()) argv.insert(argv.end(), {"-incoming", o.incoming});
   if (o.arena) {
     // master=on lets migration and save/restore carry the arena (lab notes).
     argv.insert(argv.end(),
@@ -221,7 +223,19 @@ Status TestVm::Boot(const TestVmOptions& o) {
                       Tail(ReadFileOrEmpty(qemu_log), 800) + " console: " +
                       Tail(Console(), 800));
     }
-    if (qemu_pid_ > 0 && Console().find("HVPATCH-READY") != std::string::npos) break;
+    if (qemu_pid_ > 0 && o.incoming.empty() && Console().find("HVPATCH-READY") != std::string::npos) break;
+    if (qemu_pid_ > 0 && !o.incoming.empty() && ConnectCommandChannel(1000).ok()) {
+      // A restored guest prints nothing: it is back once its command loop answers.
+      auto r = Run("true", std::max(1, static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(
+                                                deadline - Clock::now()).count())));
+      if (r.ok() && r->exit_code == 0) {
+        if (o.detach) owns_dir_ = false;
+        return Status::Ok();
+      }
+      return Internal("restored guest does not answer: " +
+                      (r.ok() ? "exit " + std::to_string(r->exit_code) : r.status().message()) +
+                      "; qemu log: " + Tail(ReadFileOrEmpty(qemu_log), 800));
+    }
     if (Clock::now() > deadline) {
       return DeadlineExceeded("guest not ready after " + std::to_string(o.boot_timeout_s) +
                               " s; console: " + Tail(Console(), 1500));
@@ -305,6 +319,26 @@ Result<std::string> TestVm::Check(std::string_view script, int timeout_s) {
 }
 
 std::string TestVm::Console() const { return ReadFileOrEmpty(console_path()); }
+
+int TestVm::Boots() const {
+  const std::string c = Console();
+  int n = 0;
+  for (size_t at = c.find("HVPATCH-READY"); at != std::string::npos; at = c.find("HVPATCH-READY", at + 1)) ++n;
+  return n;
+}
+
+Status TestVm::WaitForBoot(int boots, int timeout_s) {
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+  while (Boots() <= boots) {
+    if (!ProcessAlive(qemu_pid_)) return Unavailable("QEMU exited while waiting for the guest to boot again");
+    if (Clock::now() > deadline) {
+      return DeadlineExceeded("guest did not boot again within " + std::to_string(timeout_s) +
+                              " s; console: " + Tail(Console(), 1500));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return Status::Ok();
+}
 
 Status TestVm::Stop() {
   if (cmd_fd_ >= 0) {

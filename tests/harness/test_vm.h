@@ -33,6 +33,13 @@ struct TestVmOptions {
   int lifetime_s = 3600;        // `timeout` bound on QEMU itself
   std::string dir;              // empty: a fresh temp dir, removed on Stop()
   bool detach = false;          // QEMU outlives this process (hvpatch-testvm start)
+  // false: a reboot of the guest (or QMP system_reset) resets the VM inside the same QEMU,
+  // instead of QEMU exiting.
+  bool no_reboot = true;
+  // A QEMU -incoming URI (e.g. "exec:cat FILE"): the VM's state comes from a migration stream
+  // instead of a boot. Start then waits for the guest to answer on the command channel, not for
+  // the boot's ready marker. Use `dir` to keep the paths of the VM it replaces.
+  std::string incoming;
 };
 
 struct CommandResult {
@@ -55,6 +62,11 @@ class TestVm {
   Result<CommandResult> Run(std::string_view script, int timeout_s = 60);
   // Like Run, but fails unless the exit code is 0; returns the output.
   Result<std::string> Check(std::string_view script, int timeout_s = 60);
+
+  // How many times the guest has printed its ready marker on the console (one per boot).
+  int Boots() const;
+  // Waits until the guest has booted more than `boots` times (a reboot inside this QEMU).
+  Status WaitForBoot(int boots, int timeout_s = 180);
 
   // Leaves the VM running when this object goes away (hvpatch-testvm start/run).
   void Disown() { owns_process_ = false; owns_dir_ = false; }

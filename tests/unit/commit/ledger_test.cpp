@@ -63,6 +63,69 @@ TEST_F(StateDirTest, LedgerRoundTripsThroughTheFile) {
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/vm.json.tmp"));
 }
 
+TEST_F(StateDirTest, BootIdentityAndArchiveHistoryRoundTrip) {
+  LedgerFile f(dir_ + "/vm.json");
+  patcher::Ledger in = SampleLedger();
+  in.kaslr_offset = 0x2a000000;
+  in.page_table_gpa = 0x2c40c000;
+  in.boot_mark = 0x1234567890abcdeeull;
+  in.arena.committed = true;
+  in.archived.push_back({dir_ + "/vm.archived-20261202T010203Z.json", "KASLR offset 0x1, the guest's is 0x2",
+                         1790000000, {"hvp_sample", "hvp_two"}, 0xffffffffa6600000ull});
+  ASSERT_THAT(f.Save(in), IsOk());
+  auto l = f.Load();
+  ASSERT_THAT(l, IsOk());
+  EXPECT_EQ(l->Boot(), in.Boot());
+  EXPECT_TRUE(l->arena.committed);
+  ASSERT_EQ(l->archived.size(), 1u);
+  EXPECT_EQ(l->archived[0].path, in.archived[0].path);
+  EXPECT_EQ(l->archived[0].reason, in.archived[0].reason);
+  EXPECT_EQ(l->archived[0].at, 1790000000);
+  EXPECT_EQ(l->archived[0].patches, (std::vector<std::string>{"hvp_sample", "hvp_two"}));
+  EXPECT_EQ(l->archived[0].arena_va, 0xffffffffa6600000ull);
+}
+
+TEST_F(StateDirTest, FormatOneLedgerReadsWithAnUnknownBootIdentity) {
+  // Written by hvpatch before the boot identity existed: a kept mapping counts as committed.
+  std::ofstream(dir_ + "/vm.json")
+      << R"({"format": 1, "vm": "v", "kernel_build_id": "ab", "paused_by_hvpatch": false, "was_running": true,
+            "arena": {"mapped": true, "base_va": 1, "bar_gpa": 2, "size": 3, "pmd_entry_gpa": 4,
+                      "pmd_entry": 5, "layout": ""}, "patches": []})";
+  auto l = LedgerFile(dir_ + "/vm.json").Load();
+  ASSERT_THAT(l, IsOk());
+  EXPECT_EQ(l->kernel_build_id, "ab");
+  EXPECT_EQ(l->page_table_gpa, 0u);
+  EXPECT_EQ(l->boot_mark, 0u);
+  EXPECT_TRUE(l->arena.committed);
+  EXPECT_TRUE(l->archived.empty());
+}
+
+TEST_F(StateDirTest, ArchiveKeepsTheLedgerUnderATimestampedName) {
+  LedgerFile f(dir_ + "/vm.json");
+  ASSERT_THAT(f.Save(SampleLedger()), IsOk());
+  auto first = f.Archive();
+  ASSERT_THAT(first, IsOk());
+  EXPECT_THAT(*first, ::testing::MatchesRegex(".*/vm\\.archived-[0-9]{8}T[0-9]{6}Z\\.json"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/vm.json"));
+  // The next Load starts empty; the archive still holds the patches.
+  auto empty = f.Load();
+  ASSERT_THAT(empty, IsOk());
+  EXPECT_TRUE(empty->patches.empty());
+  auto kept = LedgerFile(*first).Load();
+  ASSERT_THAT(kept, IsOk());
+  ASSERT_EQ(kept->patches.size(), 1u);
+  EXPECT_EQ(kept->patches[0].name, "hvp_sample");
+  // A second archive in the same second gets its own name.
+  ASSERT_THAT(f.Save(SampleLedger()), IsOk());
+  auto second = f.Archive();
+  ASSERT_THAT(second, IsOk());
+  EXPECT_NE(*second, *first);
+  EXPECT_TRUE(std::filesystem::exists(*first));
+  EXPECT_TRUE(std::filesystem::exists(*second));
+  // Nothing to archive is an OS error naming the file.
+  EXPECT_THAT(f.Archive(), StatusIs(Code::kIo, HasSubstr("archiving ledger '" + dir_ + "/vm.json'")));
+}
+
 TEST_F(StateDirTest, CorruptLedgerIsNamed) {
   std::ofstream(dir_ + "/vm.json") << "{\"format\": 1, \"vm\": ";
   LedgerFile f(dir_ + "/vm.json");

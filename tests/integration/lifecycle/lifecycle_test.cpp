@@ -1,0 +1,223 @@
+// Issue 10, acceptance 1-3: the ledger across a VM's life, on real TCG guests, with the real
+// `hvpatch` binary run as an operator runs it.
+//   1. apply, revert, QEMU stopped and started again at the same QMP path: apply works.
+//   2. apply, then system_reset inside the same QEMU: list shows no live patch, revert writes
+//      nothing, apply works.
+//   3. apply, migrate to a file, a new QEMU with -incoming and a zeroed arena file: still
+//      patched, list shows it, revert restores.
+// Each test boots its own guest in a directory it keeps across QEMU restarts (same QMP path,
+// same arena file), and has its own state directory.
+//
+// What the guest prints is the proof of "patched": hvp_sample makes /proc/cmdline print
+// kSampleText. "Nothing written" is checked from the host, independently of hvpatch: the arena
+// file's bytes and the entry of cmdline_proc_show (read through our own QEMU connection).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "qmp/qmp_client.h"
+#include "status_matchers.h"
+#include "tests/harness/test_vm.h"
+#include "tests/integration/lifecycle/lifecycle_support.h"
+#include "tests/integration/patch/hvpatch_process.h"
+
+namespace hv {
+namespace {
+
+using ::hv::testing::Describe;
+using ::hv::testing::HvpatchRun;
+using ::hv::testing::kFtraceNop;
+using ::hv::testing::kSampleText;
+using ::hv::testing::TestVm;
+using ::hv::testing::TestVmOptions;
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+class LifecycleTest : public testing::LifecycleFixture {};
+
+// 1. A restarted QEMU at the same socket path is a new boot: the old ledger (its arena mapping
+// only, after the revert) is archived and apply maps the arena afresh. The arena file is kept
+// on disk across the restart, as a /dev/shm file would be: its old bytes must not fool hvpatch.
+TEST_F(LifecycleTest, RestartAtTheSameQmpPathThenApplyWorks) {
+  ASSERT_NO_FATAL_FAILURE(Boot({}));
+  const std::string original = Guest("cat /proc/cmdline");
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+  const json before = ListJson();
+  ASSERT_TRUE(before["boot"].is_object()) << before.dump();
+  EXPECT_TRUE(before["boot"]["mark"].is_string()) << "the arena stays mapped after a revert: " << before.dump();
+
+  ASSERT_NO_FATAL_FAILURE(Restart({}));
+  HvpatchRun again = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_THAT(again.err, HasSubstr("the ledger of an earlier boot of this VM ("));
+  EXPECT_THAT(again.err, HasSubstr("it held no patch, and the VM is treated as unpatched"));
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+
+  const json after = ListJson();
+  ASSERT_EQ(after["patches"].size(), 1u) << after.dump();
+  EXPECT_EQ(after["patches"][0]["name"], "hvp_sample");
+  EXPECT_EQ(after["patches"][0]["consistent"], true);
+  ASSERT_EQ(after["archived_ledgers"].size(), 1u) << after.dump();
+  const std::string archived = after["archived_ledgers"][0]["path"].get<std::string>();
+  EXPECT_TRUE(fs::exists(archived)) << archived;
+  EXPECT_NE(after["boot"]["mark"], before["boot"]["mark"]) << after.dump();
+  HvpatchRun r2 = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r2.exit_code, 0) << Describe(r2);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+// 2. A reboot inside the same QEMU: KASLR moves the kernel and the kernel's page tables are
+// rebuilt, while the arena's bytes (and hvpatch's boot mark in them) survive.
+TEST_F(LifecycleTest, SystemResetLeavesNoLivePatchRevertWritesNothingApplyWorks) {
+  TestVmOptions o;
+  o.no_reboot = false;
+  ASSERT_NO_FATAL_FAILURE(Boot(o));
+  const std::string original = Guest("cat /proc/cmdline");
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json booted = ListJson();
+
+  const int boots = vm_->Boots();
+  ASSERT_NO_FATAL_FAILURE(Qmp("system_reset"));
+  ASSERT_THAT(vm_->WaitForBoot(boots), IsOk());
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original) << "a reboot runs the original kernel";
+
+  HvpatchRun l = Hv({"--json", "list", Domain()});
+  ASSERT_EQ(l.exit_code, 0) << Describe(l);
+  const json j = json::parse(l.out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << l.out;
+  EXPECT_TRUE(j["patches"].empty()) << l.out;
+  ASSERT_EQ(j["recovered"].size(), 1u) << l.out;
+  EXPECT_THAT(j["recovered"][0].get<std::string>(),
+              HasSubstr("its patches (hvp_sample) went with that boot, and the VM is treated as unpatched"));
+  ASSERT_EQ(j["archived_ledgers"].size(), 1u) << l.out;
+  EXPECT_EQ(j["archived_ledgers"][0]["patches"], json::array({"hvp_sample"}));
+  // Which part told the boots apart (KASLR almost always; the PMD entry when KASLR repeats).
+  std::printf("[figure] boot before reset %s, after %s; archived because: %s\n", booted["boot"].dump().c_str(),
+              j["boot"].dump().c_str(), j["archived_ledgers"][0]["reason"].get<std::string>().c_str());
+  EXPECT_NE(j["boot"], booted["boot"]);
+  EXPECT_TRUE(j["boot"]["mark"].is_null()) << "no arena mapped in this boot yet: " << l.out;
+
+  // Revert: says the patch went with the old boot, and writes nothing.
+  const std::string arena_before = ArenaBytes();
+  const std::uint64_t entry = KallsymsAddress("cmdline_proc_show");
+  const std::vector<std::uint8_t> entry_before = KernelBytes(entry, 16);
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("patch 'hvp_sample' is gone with an earlier boot of the guest"));
+  EXPECT_THAT(r.out, HasSubstr("nothing to revert, nothing written"));
+  EXPECT_EQ(ArenaBytes(), arena_before) << "revert wrote into the arena";
+  EXPECT_EQ(KernelBytes(entry, 16), entry_before) << "revert wrote into kernel text";
+  ASSERT_GE(entry_before.size(), 5u);
+  EXPECT_EQ(std::vector<std::uint8_t>(entry_before.begin(), entry_before.begin() + 5), kFtraceNop)
+      << "the rebooted kernel's entry is the ftrace nop it put there";
+
+  HvpatchRun again = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  HvpatchRun r2 = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r2.exit_code, 0) << Describe(r2);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+// 2b. The same reboot with `nokaslr`: the kernel comes back at the same addresses with its page
+// tables at the same place, and the arena (with hvpatch's boot mark) survives. Only the arena's
+// PMD entry, gone with the page tables the boot rebuilt, tells the boots apart. The new apply
+// then maps the arena in another slot than the old boot's (TCG may still hold translations of
+// the old boot's code at that address).
+TEST_F(LifecycleTest, SystemResetWithNokaslrIsToldApartByTheArenaPmdEntry) {
+  TestVmOptions o;
+  o.no_reboot = false;
+  o.extra_append = "nokaslr";
+  ASSERT_NO_FATAL_FAILURE(Boot(o));
+  const std::string original = Guest("cat /proc/cmdline");
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json booted = ListJson();
+  ASSERT_EQ(booted["patches"].size(), 1u) << booted.dump();
+  const std::string old_new_addr = booted["patches"][0]["functions"][0]["new_addr"].get<std::string>();
+
+  const int boots = vm_->Boots();
+  ASSERT_NO_FATAL_FAILURE(Qmp("system_reset"));
+  ASSERT_THAT(vm_->WaitForBoot(boots), IsOk());
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+
+  const json j = ListJson();
+  EXPECT_TRUE(j["patches"].empty()) << j.dump();
+  ASSERT_EQ(j["archived_ledgers"].size(), 1u) << j.dump();
+  EXPECT_THAT(j["archived_ledgers"][0]["reason"].get<std::string>(),
+              HasSubstr("the guest's page tables were rebuilt by a boot"));
+  EXPECT_EQ(j["boot"]["kaslr_offset"], booted["boot"]["kaslr_offset"]) << "nokaslr: the same KASLR offset";
+  EXPECT_EQ(j["boot"]["page_table_gpa"], booted["boot"]["page_table_gpa"]);
+
+  HvpatchRun again = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json after = ListJson();
+  ASSERT_EQ(after["patches"].size(), 1u) << after.dump();
+  EXPECT_NE(after["patches"][0]["functions"][0]["new_addr"].get<std::string>(), old_new_addr)
+      << "the new boot's arena is in the old boot's slot";
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+// 3. Save/restore: the migration stream carries guest RAM and the arena (master=on), so the
+// restored VM is the same boot and keeps its ledger, even though the new QEMU's arena file
+// started as zeroes.
+TEST_F(LifecycleTest, MigratedToAFileAndRestoredStaysPatchedAndRevertRestores) {
+  ASSERT_NO_FATAL_FAILURE(Boot({}));
+  const std::string original = Guest("cat /proc/cmdline");
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText);
+  const json saved = ListJson();
+
+  const std::string stream = vm_->dir() + "/state.migration";
+  ASSERT_NO_FATAL_FAILURE(MigrateToFile(stream));
+  ASSERT_THAT(vm_->Stop(), IsOk());
+  vm_.reset();
+  {
+    // The new QEMU's arena file: all zeroes, as on a host that never ran this VM.
+    std::ofstream zero(arena_path_, std::ios::binary | std::ios::trunc);
+    const std::string zeroes(2u << 20, '\0');
+    zero.write(zeroes.data(), static_cast<std::streamsize>(zeroes.size()));
+  }
+  TestVmOptions o;
+  o.incoming = "exec:cat '" + stream + "'";
+  ASSERT_NO_FATAL_FAILURE(Restart(o));
+  EXPECT_NE(ArenaBytes(), std::string(2u << 20, '\0')) << "the stream did not bring the arena back";
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText) << "the restored guest lost the patch";
+
+  const json j = ListJson();
+  ASSERT_EQ(j["patches"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["patches"][0]["name"], "hvp_sample");
+  EXPECT_EQ(j["patches"][0]["consistent"], true);
+  EXPECT_TRUE(j["recovered"].empty()) << j.dump();
+  EXPECT_TRUE(j["archived_ledgers"].empty()) << j.dump();
+  EXPECT_EQ(j["boot"], saved["boot"]) << "the same boot";
+
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+}  // namespace
+}  // namespace hv
