@@ -70,7 +70,11 @@ class ShadowIntegrationTest : public ::testing::Test {
     if (!state_dir_.empty()) fs::remove_all(state_dir_, ec);
   }
   void TearDown() override {
-    if (!guest_) return;
+    if (guest_) Cleanup();
+    std::error_code ec;
+    if (!scratch_.empty()) fs::remove_all(scratch_, ec);  // logs, built samples
+  }
+  void Cleanup() {
     // Leave the guest as the next test expects it: nothing applied, nothing loaded.
     for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn", "livepatch_sample",
                              "livepatch_shadow_fix2", "livepatch_shadow_fix1"}) {
