@@ -72,6 +72,7 @@ class Samples {
     return it == by_name_.end() ? 0 : it->second.size();
   }
   const std::vector<std::string>& names() const { return order_; }
+  const std::map<std::string, std::vector<double>>& all() const { return by_name_; }
 
  private:
   std::vector<std::string> order_;
@@ -325,27 +326,45 @@ Status MeasurePauseWindows(hv::testing::TestVm& guest, const std::string& state_
   return MeasurePrimitives(*vm, site, rounds, s);
 }
 
-// Part 2: end to end, hvpatch (subprocess) against in-guest livepatch, alternating.
+// Part 2: end to end, hvpatch (subprocess) against in-guest livepatch, alternating. Each round
+// runs `hvpatch apply` with a warm kallsyms cache (the state directory's, from the run before)
+// and with a cold one (removed first), each followed by a revert, then one in-guest round. With
+// `agent` false the guest's agent was stopped before: its port stays, nobody opens it.
 Status MeasureEndToEnd(hv::testing::TestVm& guest, const std::string& hvpatch, const std::string& state_dir,
-                       const std::string& ko, int rounds, Samples& s) {
+                       const std::string& ko, int rounds, bool agent, Samples& s) {
   const std::string domain = guest.qmp_target();
+  const std::string tag = agent ? "" : " (no agent)";
   for (int round = 0; round <= rounds; ++round) {
     Samples discard;
     Samples& target = round == 0 ? discard : s;
-    HV_ASSIGN_OR_RETURN(CliRun a, RunCli(hvpatch, state_dir, {"apply", domain, ko}));
-    if (!a.out.value("confirmed", false)) return hv::Internal("apply was not confirmed: " + a.out.dump());
-    HV_RETURN_IF_ERROR(ExpectCmdline(guest, true).WithContext("after hvpatch apply"));
-    HV_ASSIGN_OR_RETURN(CliRun r, RunCli(hvpatch, state_dir, {"revert", domain, kPatchName}));
-    HV_RETURN_IF_ERROR(ExpectCmdline(guest, false).WithContext("after hvpatch revert"));
-    target.Add("hvpatch apply (process start to exit)", a.wall_ms);
-    target.Add("hvpatch revert (process start to exit)", r.wall_ms);
-    target.Add("  its pause window (apply, from --json)", a.out.value("pause_us", 0.0) / 1000);
-
+    for (const bool cold : {false, true}) {
+      std::error_code ignored;
+      if (cold) std::filesystem::remove_all(state_dir + "/cache", ignored);
+      HV_ASSIGN_OR_RETURN(CliRun a, RunCli(hvpatch, state_dir, {"apply", domain, ko}));
+      if (a.out.value("confirmed", false) != agent) {
+        return hv::Internal("apply's confirmation is not what the agent's presence says: " + a.out.dump());
+      }
+      HV_RETURN_IF_ERROR(ExpectCmdline(guest, true).WithContext("after hvpatch apply"));
+      HV_ASSIGN_OR_RETURN(CliRun r, RunCli(hvpatch, state_dir, {"revert", domain, kPatchName}));
+      HV_RETURN_IF_ERROR(ExpectCmdline(guest, false).WithContext("after hvpatch revert"));
+      const std::string cache = cold ? ", cold cache" : "";
+      target.Add("hvpatch apply" + tag + cache + " (process start to exit)", a.wall_ms);
+      target.Add("hvpatch revert" + tag + cache + " (process start to exit)", r.wall_ms);
+      if (!cold) target.Add("  its pause window (apply" + tag + ", from --json)", a.out.value("pause_us", 0.0) / 1000);
+    }
     HV_ASSIGN_OR_RETURN(InGuestRound g, RunInGuestLivepatch(guest));
     target.Add("in-guest insmod + transition", g.apply_ms);
     target.Add("in-guest disable + transition + rmmod", g.revert_ms);
   }
   return Status::Ok();
+}
+
+// Stops the guest agent; QEMU then reports the port closed (query-chardev frontend-open).
+Status StopAgent(hv::testing::TestVm& guest) {
+  return guest.Check("kill $(pidof hvpatch-agent); i=0; while pidof hvpatch-agent >/dev/null; do i=$((i+1)); "
+                     "[ $i -gt 100000 ] && exit 1; done; echo stopped")
+      .status()
+      .WithContext("stopping the guest agent");
 }
 
 std::string LoadAverage() {
@@ -361,6 +380,8 @@ std::string LoadAverage() {
 int main(int argc, char** argv) {
   int rounds = 10;
   bool end_to_end = true;
+  bool shared_ram = false;
+  std::string json_path;
   std::string hvpatch = HVPATCH_CLI;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
@@ -369,8 +390,14 @@ int main(int argc, char** argv) {
       end_to_end = false;
     } else if (std::strcmp(argv[i], "--hvpatch") == 0 && i + 1 < argc) {
       hvpatch = argv[++i];
+    } else if (std::strcmp(argv[i], "--shared-ram") == 0) {
+      shared_ram = true;
+    } else if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
+      json_path = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: patch_transaction [--rounds N (>= 10)] [--pause-only] [--hvpatch PATH]\n");
+      std::fprintf(stderr,
+                   "usage: patch_transaction [--rounds N (>= 10)] [--pause-only] [--hvpatch PATH] [--shared-ram] "
+                   "[--json FILE]\n");
       return 2;
     }
   }
@@ -384,7 +411,9 @@ int main(int argc, char** argv) {
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M %Z", std::localtime(&now));
 
-  auto started = hv::testing::TestVm::Start({});
+  hv::testing::TestVmOptions vm_options;
+  vm_options.shared_ram = shared_ram;  // guest RAM in a shared memfd, which hvpatch maps
+  auto started = hv::testing::TestVm::Start(vm_options);
   if (!started.ok()) return Fail("booting the test guest", started.status());
   hv::testing::TestVm& guest = **started;
   if (Status s = CopyIntoGuest(guest, ko); !s.ok()) return Fail("copying the patch into the guest", s);
@@ -397,9 +426,11 @@ int main(int argc, char** argv) {
                  console.substr(console.size() > 3000 ? console.size() - 3000 : 0).c_str());
     return Fail("measuring pause windows", st);
   }
-  if (Status st = end_to_end ? MeasureEndToEnd(guest, hvpatch, state_dir, ko, rounds, s) : Status::Ok();
-      !st.ok()) {
-    return Fail("measuring end to end", st);
+  if (end_to_end) {
+    Status st = MeasureEndToEnd(guest, hvpatch, state_dir, ko, rounds, true, s);
+    if (st.ok()) st = StopAgent(guest);
+    if (st.ok()) st = MeasureEndToEnd(guest, hvpatch, state_dir, ko, rounds, false, s);
+    if (!st.ok()) return Fail("measuring end to end", st);
   }
   const std::string load_after = LoadAverage();
   auto taint = guest.Check("cat /proc/sys/kernel/tainted");
@@ -413,8 +444,8 @@ int main(int argc, char** argv) {
   std::printf("host   %s %s, %s, %ld CPUs online, QEMU %s (TCG), load average %s -> %s\n", u.sysname,
               u.release, Trim(FirstLine("/proc/cpuinfo", "model name")).c_str(), sysconf(_SC_NPROCESSORS_ONLN),
               qemu_version.c_str(), load_before.c_str(), load_after.c_str());
-  std::printf("guest  test guest (images/), 2 vCPUs, 512 MiB; tainted after the in-guest runs: %s\n",
-              taint.ok() ? Trim(*taint).c_str() : "?");
+  std::printf("guest  test guest (images/), 2 vCPUs, 512 MiB%s; tainted after the in-guest runs: %s\n",
+              shared_ram ? " in a shared memfd" : "", taint.ok() ? Trim(*taint).c_str() : "?");
   std::printf("\n%-44s %5s %10s\n", "measure", "n", "median ms");
   for (const std::string& name : s.names()) {
     std::printf("%-44s %5zu %10.3f\n", name.c_str(), s.Count(name), s.MedianOf(name));
@@ -430,5 +461,19 @@ int main(int argc, char** argv) {
               s.MedianOf("in-guest insmod + transition") / hv_apply);
   std::printf("  in-guest disable+rmmod / hvpatch revert      %6.2f\n",
               s.MedianOf("in-guest disable + transition + rmmod") / hv_revert);
+  const double in_guest = s.MedianOf("in-guest insmod + transition");
+  for (const char* name : {"hvpatch apply, cold cache (process start to exit)",
+                           "hvpatch apply (no agent) (process start to exit)",
+                           "hvpatch apply (no agent), cold cache (process start to exit)"}) {
+    if (s.Count(name)) std::printf("  in-guest insmod+transition / %-52s %6.2f\n", name, in_guest / s.MedianOf(name));
+  }
+  if (!json_path.empty()) {
+    nlohmann::json j = {{"program", "patch_transaction"}, {"date", date}, {"rounds", rounds},
+                        {"load_before", load_before}, {"load_after", load_after}, {"shared_ram", shared_ram},
+                        {"samples_ms", s.all()}};
+    std::ofstream f(json_path);
+    f << j.dump(1) << "\n";
+    if (!f) return Fail("writing " + json_path, hv::Internal("write failed"));
+  }
   return 0;
 }

@@ -31,6 +31,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
                       {"symbols", k.symbols},
                       {"vmlinux_symbols", k.vmlinux_symbols},
                       {"symbol_source", k.symbol_source},
+                      {"symbol_cache", k.symbol_cache},
                       {"modules", k.modules},
                       {"cpus", k.cpus},
                       {"thread_size", k.thread_size},

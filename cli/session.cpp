@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 
 namespace hv::cli {
 
@@ -72,7 +73,10 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
                                                      std::chrono::milliseconds(options.lock_wait_ms)));
     s->lock.emplace(std::move(lock));
   }
-  // The agent first: its kallsyms are the fallback when the tables in memory cannot be read.
+  // The agent's sync handshake (100-200 ms under TCG) runs on its own thread while the guest
+  // kernel model is built below; QEMU says at once whether the guest opened the port at all
+  // (QemuVm::AgentSocket), so an absent agent costs no --agent-timeout-ms.
+  std::future<Result<std::unique_ptr<agent::AgentClient>>> agent_connect;
   if (!options.agent) {
     s->agent_note = "agent not used (--no-agent)";
   } else if (auto path = s->vm->AgentSocket(); !path.ok()) {
@@ -80,13 +84,17 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   } else {
     agent::AgentClientOptions ao;
     ao.sync_timeout_ms = options.agent_timeout_ms;
-    auto client = agent::AgentClient::Connect(*path, ao);
+    agent_connect = std::async(std::launch::async, [p = *path, ao] { return agent::AgentClient::Connect(p, ao); });
+  }
+  auto join_agent = [&] {
+    if (!agent_connect.valid()) return;
+    auto client = agent_connect.get();
     if (client.ok()) {
       s->agent = std::make_unique<AgentLink>(std::move(*client));
     } else {
       s->agent_note = "no agent: " + client.status().message();
     }
-  }
+  };
   // vCPU state (for the paging root) needs a pause; the model itself is read with the guest
   // running: kallsyms, BTF and the module list do not move, and every commit re-walks the tasks
   // inside its own pause.
@@ -97,11 +105,14 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   patcher::GuestKernelOptions ko;
   ko.walk_tasks = false;
   ko.kaslr_offset = options.kaslr_offset;
+  s->kernel_cache = std::make_unique<KernelCacheFile>(dir + "/cache");
+  ko.cache = s->kernel_cache.get();
   if (!options.system_map.empty()) {
     HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> map, ReadPatchFile(options.system_map));
     ko.system_map.assign(map.begin(), map.end());
   }
   auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+  join_agent();  // its kallsyms are the fallback when the tables in memory cannot be read
   if (!kernel.ok() && s->agent) {
     // Slow under TCG (the whole /proc/kallsyms), so only when memory alone did not do.
     auto text = s->agent->KallsymsText();

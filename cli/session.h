@@ -10,6 +10,7 @@
 
 #include "cli/agent_link.h"
 #include "cli/command.h"
+#include "cli/kernel_cache_file.h"
 #include "cli/ledger_file.h"
 #include "cli/vm_lock.h"
 #include "patcher/guest_kernel.h"
@@ -25,6 +26,7 @@ struct Session {
   std::optional<VmLock> domain_lock;  // taken before connecting (see OpenSession)
   std::optional<VmLock> lock;
   std::unique_ptr<vmm::Vm> vm;
+  std::unique_ptr<KernelCacheFile> kernel_cache;  // decoded kallsyms between runs
   std::unique_ptr<patcher::GuestKernel> kernel;
   std::unique_ptr<patcher::GuestKernelView> view;
   std::unique_ptr<patcher::GuestKernelStacks> stacks;

@@ -31,7 +31,13 @@ flavour="$abi-cloud-amd64"
 echo "$abi" > "$out/abi.new" && mv "$out/abi.new" "$out/abi"
 
 # 2. Kernel image and modules, extracted (not installed on the host).
-if ! stamp_ok "$out/kernel.stamp" "$flavour"; then
+# virtio console chain (load order matters, see images/guest/init) and the KVM lab modules
+# (virtio_blk for its disks, kvm and kvm-amd; images/kvm-lab.sh).
+modules="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/char/virtio_console
+         drivers/block/virtio_blk virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd"
+kernel_stamp="$flavour $(echo $modules | sha256sum | cut -c1-8)"
+if ! stamp_ok "$out/kernel.stamp" "$kernel_stamp"; then
   log "fetching linux-image-$flavour-unsigned"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -42,14 +48,11 @@ if ! stamp_ok "$out/kernel.stamp" "$flavour"; then
   cp "$tmp/x/boot/vmlinuz-$flavour" "$out/vmlinuz"
   cp "$tmp/x/boot/config-$flavour" "$out/config"
   moddir="$tmp/x/lib/modules/$flavour/kernel"
-  # virtio console chain (load order matters, see images/guest/init) and the KVM lab modules.
-  for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
-           drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/char/virtio_console \
-           virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+  for m in $modules; do
     cp "$moddir/$m.ko" "$out/modules/"
   done
   rm -rf "$tmp"; trap - EXIT
-  echo "$flavour" > "$out/kernel.stamp"
+  echo "$kernel_stamp" > "$out/kernel.stamp"
   log "kernel $flavour ready"
 else
   log "kernel $flavour cached"
@@ -112,5 +115,8 @@ if ! stamp_ok "$out/initramfs.stamp" "$init_hash"; then
 else
   log "initramfs cached"
 fi
+
+# 7. The KVM lab's disk (QEMU, firmware and the L2 guest for the nested lab).
+"$here/kvm-lab.sh" lab "$out"
 
 log "ready in $out (kernel $flavour)"

@@ -79,6 +79,7 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
   for (int attempt = 1; attempt <= std::max(1, policy_.tries); ++attempt) {
     report.tries = attempt;
     std::vector<PausePhase> phases;
+    stacks_.Prepare();  // outside the pause
     const auto t0 = Clock::now();
     auto mark = t0;
     // Closes the phase that started at `mark`.

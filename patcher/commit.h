@@ -74,6 +74,10 @@ class StackSource {
  public:
   virtual ~StackSource() = default;
   virtual Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) = 0;
+  // Called before each pause, with the guest running: a source may touch what it will read
+  // in the pause (e.g. fault in a mapping of guest RAM), so the pause does not pay for it.
+  // Never needed for correctness: Collect reads everything again inside the pause.
+  virtual void Prepare() {}
 };
 
 struct RetryPolicy {

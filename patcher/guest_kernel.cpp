@@ -80,7 +80,29 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   };
   Status decoded = [&]() -> Status {
     HV_ASSIGN_OR_RETURN(KallsymsLocation where, KallsymsDecoder::Locate(k->vmcoreinfo_));
-    HV_ASSIGN_OR_RETURN(vmlinux, KallsymsDecoder::Read(kmem, where));
+    HV_ASSIGN_OR_RETURN(KallsymsRaw raw, KallsymsDecoder::ReadRaw(kmem, where));
+    // The warm start: an entry decoded from the very same tables (see kallsyms_cache.h).
+    const KallsymsCacheKey key{k->vmcoreinfo_.build_id(), k->vmcoreinfo_.kernel_offset(),
+                               options.cache ? raw.Digest() : 0};
+    const std::string store_key = options.cache ? key.StoreKey() : "";
+    bool save = false;
+    if (options.cache) {
+      Result<std::vector<KernelSymbol>> cached = NotFound("the build-id is not a usable cache key");
+      if (!store_key.empty()) {
+        Result<std::string> bytes = options.cache->Load(store_key);
+        cached = bytes.ok() ? DecodeKallsymsCache(*bytes, key) : Result<std::vector<KernelSymbol>>(bytes.status());
+      }
+      if (cached.ok() && !cached->empty()) {
+        vmlinux = std::move(*cached);
+        k->symbol_cache_ = "hit";
+      } else {
+        k->symbol_cache_ = "miss: " + (cached.ok() ? std::string("empty entry") : cached.status().message());
+        save = !store_key.empty();
+      }
+    }
+    if (vmlinux.empty()) {
+      HV_ASSIGN_OR_RETURN(vmlinux, KallsymsDecoder::Decode(raw.tables()));
+    }
     if (vmlinux.empty()) return InvalidArgument("kallsyms holds no symbols");
     // A sanity check that ties the tables to this kernel (and the KASLR offset to both).
     if (auto stext = k->vmcoreinfo_.Symbol("_stext")) {
@@ -91,6 +113,11 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
       }
     }
     k->symbol_source_ = "guest memory (kallsyms)";
+    if (save) {
+      // Best effort: a read-only state directory only costs the next run a decode.
+      Status saved = options.cache->Save(store_key, EncodeKallsymsCache(key, vmlinux));
+      if (!saved.ok()) k->symbol_cache_ += " (not saved: " + saved.message() + ")";
+    }
     return Status::Ok();
   }();
   if (!decoded.ok()) {
@@ -312,12 +339,25 @@ GuestKernelSummary GuestKernel::Summary() const {
   s.symbols = symbols_.size();
   s.vmlinux_symbols = symbols_.CountIn("");
   s.symbol_source = symbol_source_;
+  s.symbol_cache = symbol_cache_;
   s.modules = symbols_.modules();
   s.cpus = initial_tasks_.cpus.empty() ? nr_cpus_ : static_cast<int>(initial_tasks_.cpus.size());
   s.tasks = initial_tasks_.tasks.size();
   s.vmcoreinfo_gpa = vmcoreinfo_.found_at();
   s.thread_size = walker_ ? walker_->layout().thread_size : 0;
   return s;
+}
+
+void GuestKernelStacks::Prepare() {
+  if (!mem_.ReadsFromMapping()) return;
+  Result<std::vector<StackRegion>> regions = kernel_.StackRegions(mem_, {});
+  if (!regions.ok()) return;
+  std::vector<std::uint8_t> buf;
+  for (const StackRegion& r : *regions) {
+    if (r.begin == 0 || r.begin > r.end || r.end - r.begin > kMaxStackRegion) continue;
+    buf.resize(r.end - r.begin);
+    (void)vmm::ReadVirt(mem_, kernel_.paging(), r.begin, buf);
+  }
 }
 
 }  // namespace hv::patcher

@@ -21,6 +21,7 @@
 
 #include "base/status.h"
 #include "patcher/commit.h"
+#include "patcher/kallsyms_cache.h"
 #include "patcher/kernel_btf.h"
 #include "patcher/module_symbols.h"
 #include "patcher/stack_check.h"
@@ -42,6 +43,8 @@ struct GuestKernelOptions {
   std::optional<std::uint64_t> kaslr_offset;
   // Skip the initial task walk (for `info` on a guest that is not paused).
   bool walk_tasks = true;
+  // Decoded kallsyms kept between runs (patcher/kallsyms_cache.h); null: always decode.
+  KernelCacheStore* cache = nullptr;
 };
 
 // What `hvpatch info` prints.
@@ -57,6 +60,7 @@ struct GuestKernelSummary {
   std::size_t tasks = 0;            // from the build's walk (0 if skipped)
   std::uint64_t vmcoreinfo_gpa = 0;
   std::uint64_t thread_size = 0;
+  std::string symbol_cache;         // "hit", "miss: WHY", or empty without a cache
 };
 
 // Where Build spent its time (wall clock, milliseconds), for the benchmark.
@@ -126,6 +130,7 @@ class GuestKernel : public SymbolResolver {
   vmm::PagingMode paging_;
   SymbolTable symbols_;
   std::string symbol_source_;
+  std::string symbol_cache_;
   std::optional<KernelBtf> btf_;
   std::vector<GuestModule> modules_;
   std::optional<TaskWalker> walker_;
@@ -143,6 +148,11 @@ class GuestKernelStacks : public StackSource {
   Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) override {
     return kernel_.StackRegions(mem_, vcpus);
   }
+  // When guest RAM is read from a mapping (vmm::GuestPhysMemory::ReadsFromMapping), walks the
+  // tasks and reads their stacks once with the guest running, so the pages the pause will read
+  // are already mapped in this process. Errors are ignored: a running guest's lists may be
+  // mid-update, and the walk inside the pause is the one that counts.
+  void Prepare() override;
 
  private:
   const GuestKernel& kernel_;

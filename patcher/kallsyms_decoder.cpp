@@ -47,9 +47,47 @@ Result<KallsymsLocation> KallsymsDecoder::Locate(const Vmcoreinfo& info) {
   return w;
 }
 
-Result<std::vector<KernelSymbol>> KallsymsDecoder::Read(const KernelMemory& mem,
-                                                        const KallsymsLocation& where) {
+KallsymsTables KallsymsRaw::tables() const {
   KallsymsTables t;
+  t.num_syms = num_syms;
+  t.names = names;
+  t.token_table = token_table;
+  t.token_index = token_index;
+  if (base_relative) {
+    t.offsets = values;
+    t.relative_base = relative_base;
+  } else {
+    t.addresses = values;
+  }
+  return t;
+}
+
+std::uint64_t KallsymsRaw::Digest() const {
+  // FNV-1a over 8-byte words (and the tail bytes), each table length-prefixed.
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](std::uint64_t v) { h = (h ^ v) * 0x100000001b3ull; h ^= h >> 29; };
+  auto bytes = [&](const std::vector<std::uint8_t>& b) {
+    mix(b.size());
+    std::size_t i = 0;
+    for (; i + 8 <= b.size(); i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, b.data() + i, 8);
+      mix(w);
+    }
+    for (; i < b.size(); ++i) mix(b[i]);
+  };
+  mix(num_syms);
+  mix(relative_base);
+  mix(base_relative ? 1 : 2);
+  bytes(names);
+  bytes(token_table);
+  bytes(token_index);
+  bytes(values);
+  return h;
+}
+
+Result<KallsymsRaw> KallsymsDecoder::ReadRaw(const KernelMemory& mem, const KallsymsLocation& where) {
+  KallsymsRaw t;
   Result<std::uint32_t> num = mem.ReadU32(where.num_syms);
   if (!num.ok()) return num.status().WithContext("reading kallsyms_num_syms");
   t.num_syms = *num;
@@ -63,27 +101,29 @@ Result<std::vector<KernelSymbol>> KallsymsDecoder::Read(const KernelMemory& mem,
   HV_ASSIGN_OR_RETURN(std::uint64_t tokens_size,
                       SpanTo("kallsyms_token_table", where.token_table, "kallsyms_token_index",
                              where.token_index, kMaxTokenTableBytes));
-  HV_ASSIGN_OR_RETURN(auto names, ReadTable(mem, "kallsyms_names", where.names, names_size));
-  HV_ASSIGN_OR_RETURN(auto tokens,
+  HV_ASSIGN_OR_RETURN(t.names, ReadTable(mem, "kallsyms_names", where.names, names_size));
+  HV_ASSIGN_OR_RETURN(t.token_table,
                       ReadTable(mem, "kallsyms_token_table", where.token_table, tokens_size));
-  HV_ASSIGN_OR_RETURN(auto index, ReadTable(mem, "kallsyms_token_index", where.token_index, 512));
-  std::vector<std::uint8_t> values;
+  HV_ASSIGN_OR_RETURN(t.token_index, ReadTable(mem, "kallsyms_token_index", where.token_index, 512));
   if (where.offsets) {
-    HV_ASSIGN_OR_RETURN(values, ReadTable(mem, "kallsyms_offsets", where.offsets,
-                                          4ull * t.num_syms));
+    HV_ASSIGN_OR_RETURN(t.values, ReadTable(mem, "kallsyms_offsets", where.offsets,
+                                            4ull * t.num_syms));
     Result<std::uint64_t> base = mem.ReadU64(where.relative_base);
     if (!base.ok()) return base.status().WithContext("reading kallsyms_relative_base");
     t.relative_base = *base;
-    t.offsets = values;
+    t.base_relative = true;
   } else {
-    HV_ASSIGN_OR_RETURN(values, ReadTable(mem, "kallsyms_addresses", where.addresses,
-                                          8ull * t.num_syms));
-    t.addresses = values;
+    HV_ASSIGN_OR_RETURN(t.values, ReadTable(mem, "kallsyms_addresses", where.addresses,
+                                            8ull * t.num_syms));
+    t.base_relative = false;
   }
-  t.names = names;
-  t.token_table = tokens;
-  t.token_index = index;
-  return Decode(t);
+  return t;
+}
+
+Result<std::vector<KernelSymbol>> KallsymsDecoder::Read(const KernelMemory& mem,
+                                                        const KallsymsLocation& where) {
+  HV_ASSIGN_OR_RETURN(KallsymsRaw raw, ReadRaw(mem, where));
+  return Decode(raw.tables());
 }
 
 Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& t) {

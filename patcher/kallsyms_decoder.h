@@ -52,6 +52,18 @@ struct KallsymsTables {
   std::span<const std::uint8_t> addresses;    // 8 * num_syms bytes (absolute), if no offsets
 };
 
+// The tables as copied out of guest memory, owning their bytes.
+struct KallsymsRaw {
+  std::uint32_t num_syms = 0;
+  std::vector<std::uint8_t> names, token_table, token_index, values;  // values: offsets or addresses
+  std::uint64_t relative_base = 0;
+  bool base_relative = true;
+  KallsymsTables tables() const;
+  // A 64-bit digest of every table byte and field (not cryptographic: it tells a stale cache
+  // from the tables in memory; the guest that could forge a collision is the source of both).
+  std::uint64_t Digest() const;
+};
+
 class KallsymsDecoder {
  public:
   // Bounds: no real kernel comes near them.
@@ -67,6 +79,8 @@ class KallsymsDecoder {
   // named in the context; everything Decode returns.
   static Result<std::vector<KernelSymbol>> Read(const KernelMemory& mem,
                                                 const KallsymsLocation& where);
+  // Only the copy: Read is ReadRaw + Decode. Errors as Read's read errors and bounds.
+  static Result<KallsymsRaw> ReadRaw(const KernelMemory& mem, const KallsymsLocation& where);
 
   // Decodes symbols in table order (sympos and size are left for SymbolTable). Errors
   // (kInvalidArgument): num_syms over kMaxSymbols, a token index outside the token table, a token

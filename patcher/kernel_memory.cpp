@@ -13,11 +13,19 @@ constexpr std::size_t kMaxCachedPages = 1 << 16;
 }  // namespace
 
 Result<KernelMemory::Run> KernelMemory::Translate(std::uint64_t va) const {
+  for (const Huge& h : huge_) {
+    if (h.size != 0 && va - h.va < h.size) return Run{h.gpa + (va - h.va), h.size - (va - h.va)};
+  }
   const std::uint64_t page = va & ~(kPage - 1);
   if (auto it = pages_.find(page); it != pages_.end()) {
     return Run{it->second.gpa + (va - page), it->second.run - (va - page)};
   }
   HV_ASSIGN_OR_RETURN(vmm::Translation t, vmm::TranslateVirt(mem_, mode_, page));
+  if (t.page_size > kPage) {
+    const std::uint64_t into = page & (t.page_size - 1);
+    huge_[next_huge_++ % huge_.size()] = Huge{page - into, t.page_size, t.gpa - into};
+    return Run{t.gpa + (va - page), t.page_size - into - (va - page)};
+  }
   if (pages_.size() >= kMaxCachedPages) pages_.clear();
   // Bytes from `page` to the end of its (possibly 2 MiB or 1 GiB) mapping: one physical read
   // can cover them all.
@@ -38,6 +46,11 @@ Status KernelMemory::Read(std::uint64_t va, std::span<std::uint8_t> out) const {
     done += n;
   }
   return Status::Ok();
+}
+
+void KernelMemory::Prefetch(std::uint64_t va, std::size_t size) const {
+  Result<Run> r = Translate(va);
+  if (r.ok()) mem_.Prefetch(r->gpa, static_cast<std::size_t>(std::min<std::uint64_t>(size, r->bytes)));
 }
 
 Result<std::uint64_t> KernelMemory::ReadU64(std::uint64_t va) const {

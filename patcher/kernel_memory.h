@@ -7,6 +7,7 @@
 // page table that maps almost none of it. A vCPU's CR3 is only the fallback.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -28,6 +29,9 @@ class KernelMemory {
   // Reads `out.size()` bytes at kernel virtual address `va`. Errors are those of the page walk
   // (kNotFound for an unmapped page, kInvalidArgument outside RAM), with "reading VA" context.
   Status Read(std::uint64_t va, std::span<std::uint8_t> out) const;
+
+  // GuestPhysMemory::Prefetch of the bytes at `va` (a hint; translation errors are ignored).
+  void Prefetch(std::uint64_t va, std::size_t size) const;
 
   Result<std::uint64_t> ReadU64(std::uint64_t va) const;
   Result<std::uint32_t> ReadU32(std::uint64_t va) const;
@@ -53,6 +57,14 @@ class KernelMemory {
   // may change while the guest runs, so an instance lives for one pause (GuestKernel makes a
   // fresh one per build or task walk).
   mutable std::unordered_map<std::uint64_t, Cached> pages_;
+  // The last few 2 MiB / 1 GiB translations (the direct map, where task_structs and most kernel
+  // objects live), checked before the per-4 KiB map: one compare instead of a hash lookup, and
+  // no map entry per 4 KiB page of a huge mapping (thousands inside a commit's pause).
+  struct Huge {
+    std::uint64_t va = 0, size = 0, gpa = 0;  // size 0: unused
+  };
+  mutable std::array<Huge, 4> huge_{};
+  mutable unsigned next_huge_ = 0;
 };
 
 }  // namespace hv::patcher

@@ -1,5 +1,7 @@
 #include "patcher/task_walk.h"
 
+#include <algorithm>
+#include <array>
 #include <unordered_set>
 
 #include "base/hex.h"
@@ -120,6 +122,14 @@ const GuestTask* TaskSnapshot::FindTask(std::uint64_t task_struct) const {
   return nullptr;
 }
 
+void TaskWalker::PrefetchTask(const KernelMemory& mem, std::uint64_t task) const {
+  const TaskLayout& l = layout_;
+  for (std::uint64_t off : {l.state, l.stack, l.on_cpu, l.pid, l.comm, l.thread_sp, l.signal,
+                            l.thread_group ? *l.thread_group : l.thread_node}) {
+    mem.Prefetch(task + off, 8);
+  }
+}
+
 Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t task) const {
   const TaskLayout& l = layout_;
   GuestTask t;
@@ -154,22 +164,35 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   const TaskLayout& l = layout_;
   TaskSnapshot snap;
   std::unordered_set<std::uint64_t> seen;  // task_struct addresses, across all lists
+  seen.reserve(1024);
 
   // Follows a circular list from `head` (a list_head address), calling `visit` with each
   // entry's list_head address. The head itself is not an entry.
-  auto walk_list = [&](std::uint64_t head, const std::string& what, auto&& visit) -> Status {
+  // `what` names the list in errors; it is only called on an error (thousands of lists are
+  // walked inside the pause). Cycle check: the first kSmallList nodes in a local array (most
+  // thread lists hold one or two tasks), a hash set only for longer lists.
+  constexpr std::size_t kSmallList = 16;
+  auto walk_list = [&](std::uint64_t head, auto&& what, auto&& visit) -> Status {
+    std::array<std::uint64_t, kSmallList> small;
+    std::size_t n_small = 0;
     std::unordered_set<std::uint64_t> nodes;
     std::uint64_t node = head;
     for (std::size_t steps = 0;; ++steps) {
       Result<std::uint64_t> next = mem.ReadU64(node);
-      if (!next.ok()) return next.status().WithContext("walking " + what + " at " + Hex(node));
+      if (!next.ok()) return next.status().WithContext("walking " + what() + " at " + Hex(node));
       node = *next;
       if (node == head) return Status::Ok();
       if (steps >= kMaxTasks) {
-        return InvalidArgument(what + " has more than " + std::to_string(kMaxTasks) + " entries");
+        return InvalidArgument(what() + " has more than " + std::to_string(kMaxTasks) + " entries");
       }
-      if (!nodes.insert(node).second) {
-        return InvalidArgument("cycle in " + what + " at " + Hex(node));
+      const bool again = std::find(small.begin(), small.begin() + static_cast<std::ptrdiff_t>(n_small), node) !=
+                             small.begin() + static_cast<std::ptrdiff_t>(n_small) ||
+                         nodes.count(node) != 0;
+      if (again) return InvalidArgument("cycle in " + what() + " at " + Hex(node));
+      if (n_small < kSmallList) {
+        small[n_small++] = node;
+      } else {
+        nodes.insert(node);
       }
       HV_RETURN_IF_ERROR(visit(node));
     }
@@ -188,14 +211,26 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   // Processes, then each one's threads. init_task (pid 0) is the head: it is CPU 0's idle task
   // and is added with the idle tasks below.
   std::vector<std::uint64_t> leaders;
-  HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, "the process list",
+  const bool prefetch = mem.phys().ReadsFromMapping();  // hints only help a mapping
+  HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, [] { return std::string("the process list"); },
                                [&](std::uint64_t node) -> Status {
                                  leaders.push_back(node - l.tasks);
+                                 // Its other lines load while the chain goes on.
+                                 if (prefetch) PrefetchTask(mem, node - l.tasks);
                                  return Status::Ok();
                                }));
-  for (std::uint64_t leader : leaders) {
+  // Each thread list starts in the leader's signal_struct: load a few leaders ahead (the
+  // signal pointer itself was prefetched above), so those misses overlap.
+  constexpr std::size_t kAhead = 8;
+  for (std::size_t i = 0; i < leaders.size(); ++i) {
+    const std::uint64_t leader = leaders[i];
+    if (prefetch && !l.thread_group && i + kAhead < leaders.size()) {
+      if (Result<std::uint64_t> sig = mem.ReadU64(leaders[i + kAhead] + l.signal); sig.ok() && *sig) {
+        mem.Prefetch(*sig + l.signal_thread_head, 8);
+      }
+    }
     HV_RETURN_IF_ERROR(add_task(leader));
-    const std::string what = "the thread list of task " + Hex(leader);
+    const auto what = [leader] { return "the thread list of task " + Hex(leader); };
     if (l.thread_group) {
       HV_RETURN_IF_ERROR(walk_list(leader + *l.thread_group, what, [&](std::uint64_t node) {
         return add_task(node - *l.thread_group);

@@ -130,6 +130,8 @@ class TaskWalker {
 
  private:
   Result<GuestTask> ReadTask(const KernelMemory& mem, std::uint64_t task) const;
+  // Prefetches the task_struct lines ReadTask and the list walk will read (a hint).
+  void PrefetchTask(const KernelMemory& mem, std::uint64_t task) const;
 
   TaskLayout layout_;
   TaskAnchors anchors_;

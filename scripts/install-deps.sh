@@ -14,8 +14,12 @@ pkgs=(
   clang-14 libclang-rt-14-dev
   # guests: QEMU TCG, busybox initramfs, kernel package extraction
   qemu-system-x86 busybox-static cpio gzip xz-utils zstd kmod
+  # the KVM lab's disks (mke2fs -d)
+  e2fsprogs
   # kbuild for the test patch modules
   make gcc bc
+  # bench/plots.sh draws the bench report's plots
+  gnuplot-nox
   # integration tests: a private libvirtd
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )

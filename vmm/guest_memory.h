@@ -25,6 +25,18 @@ class GuestPhysMemory {
   virtual ~GuestPhysMemory() = default;
   virtual Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const = 0;
   virtual std::vector<PhysRange> RamRanges() const = 0;
+  // True when reads are copies from a mapping of guest RAM in this process, whose first touch
+  // of a page costs a page fault: a caller may then touch, before a pause, what it will read
+  // inside it (GuestKernelStacks::Prepare). False when every read costs the same anyway.
+  virtual bool ReadsFromMapping() const { return false; }
+  // A hint that [gpa, gpa + size) will be read soon: a backend that reads from a mapping starts
+  // loading the first lines into the CPU's caches, so a walk over thousands of scattered objects
+  // waits for several cache misses at once instead of one after another. Never fails, never
+  // needed for correctness; the default does nothing.
+  virtual void Prefetch(std::uint64_t gpa, std::size_t size) const {
+    (void)gpa;
+    (void)size;
+  }
 };
 
 // The result of translating a guest-virtual address through the guest's page tables.

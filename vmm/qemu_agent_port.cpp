@@ -4,7 +4,7 @@
 
 namespace hv::vmm {
 
-Result<std::string> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_name) {
+Result<PortSocket> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_name) {
   std::string chardev;
   // Bounded: a guest cannot add devices, and QEMU's lists are finite; still cap the scan.
   int checked = 0;
@@ -38,7 +38,10 @@ Result<std::string> FindPortSocket(qmp::QmpClient& qmp, std::string_view port_na
     if (f.rfind("disconnected:", 0) == 0) f = f.substr(13);
     if (f.rfind("unix:", 0) != 0) break;
     f = f.substr(5);
-    return f.substr(0, f.find(','));
+    PortSocket port;
+    port.path = f.substr(0, f.find(','));
+    port.guest_open = c.contains("frontend-open") && c["frontend-open"].is_boolean() && c["frontend-open"].get<bool>();
+    return port;
   }
   return NotFound("port '" + std::string(port_name) + "' uses chardev '" + chardev +
                   "', which is not a unix socket");

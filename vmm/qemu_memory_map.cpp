@@ -113,6 +113,10 @@ Result<std::vector<HostMapping>> ParseProcMaps(std::string_view maps) {
       return bad();
     }
     m.perms = std::string(f[1]);
+    for (char c : f[4]) {
+      if (c < '0' || c > '9' || m.inode > (~std::uint64_t{0} - 9) / 10) return bad();
+      m.inode = m.inode * 10 + static_cast<std::uint64_t>(c - '0');
+    }
     m.path = std::string(Trim(line.substr(i)));
     out.push_back(std::move(m));
   }
@@ -143,10 +147,15 @@ std::vector<HostMapping> CandidateMappings(const std::vector<HostMapping>& maps,
                                            std::string_view path, std::string_view id) {
   std::vector<HostMapping> named, anon;
   const std::string memfd = "/memfd:" + std::string(id);
+  // QEMU 7.2's memory-backend-memfd names every memfd after its type, not its id.
+  const std::string memfd_type = "/memfd:memory-backend-memfd";
+  const auto is_memfd = [](const std::string& p, const std::string& name) {
+    return p.rfind(name, 0) == 0 && (p.size() == name.size() || p[name.size()] == ' ');
+  };
   for (const HostMapping& m : maps) {
     if (m.size() != size || m.perms.size() < 2 || m.perms[0] != 'r' || m.perms[1] != 'w') continue;
     if (!path.empty() && m.path == path) named.push_back(m);
-    else if (m.path.rfind(memfd, 0) == 0 && (m.path.size() == memfd.size() || m.path[memfd.size()] == ' '))
+    else if (is_memfd(m.path, memfd) || (path.empty() && is_memfd(m.path, memfd_type)))
       named.push_back(m);
     else if (m.path.empty() && path.empty()) anon.push_back(m);
   }

@@ -33,6 +33,7 @@ struct HostMapping {
   std::uint64_t start = 0, end = 0;
   std::string perms;         // "rw-p"
   std::uint64_t file_offset = 0;
+  std::uint64_t inode = 0;   // of the file behind it (0 for anonymous memory)
   std::string path;          // empty for anonymous memory
   std::uint64_t size() const { return end - start; }
 };
@@ -46,6 +47,9 @@ struct HostRange {
   std::uint64_t size = 0;
   std::uint64_t hva = 0;
   std::string region;
+  // The same bytes mapped into this process (vmm/shared_ram_map.h), or null: then only
+  // process_vm_readv reaches them.
+  const std::uint8_t* local = nullptr;
   std::uint64_t end() const { return gpa + size; }
 };
 

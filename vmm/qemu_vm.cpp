@@ -28,6 +28,7 @@ constexpr std::uint16_t kIvshmemDevice = 0x1110;
 constexpr std::size_t kMaxCodeWrite = 1u << 20;
 constexpr std::size_t kSampleBytes = 256;
 constexpr std::size_t kMaxProcFile = 64u << 20;
+constexpr const char* kAgentPort = "org.hvpatch.agent.0";
 
 Result<std::string> ReadTextFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -98,6 +99,11 @@ Status QemuVm::Setup(const std::string& qmp_path, const QemuVmOptions& options) 
   HV_ASSIGN_OR_RETURN(qmp_, qmp::QmpClient::Connect(qmp_path, qo));
   HV_ASSIGN_OR_RETURN(const bool was_running, Running());
   HV_RETURN_IF_ERROR(FindPid());
+  HV_ASSIGN_OR_RETURN(json kvm, qmp_->Execute("query-kvm"));
+  auto enabled = kvm.find("enabled");
+  kvm_ = enabled != kvm.end() && enabled->is_boolean() && enabled->get<bool>();
+  const char* path = std::getenv("HVPATCH_CODE_WRITE");
+  direct_code_writes_ = kvm_ && !(path != nullptr && std::strcmp(path, "gdbstub") == 0);
   HV_ASSIGN_OR_RETURN(json uuid, qmp_->Execute("query-uuid"));
   uuid_ = JsonString(uuid, "UUID");
   HV_RETURN_IF_ERROR(DiscoverArena());
@@ -235,8 +241,11 @@ Status QemuVm::DiscoverMemory() {
       return FailedPrecondition("no host mapping of " + Hex(size) + " bytes for memory backend '" + id +
                                 "' in QEMU pid " + std::to_string(pid_));
     }
-    Block b{id, size, {}};
-    for (const HostMapping& c : cands) b.hvas.push_back(c.start);
+    Block b{id, size, {}, {}};
+    for (const HostMapping& c : cands) {
+      b.hvas.push_back(c.start);
+      b.mappings.push_back(c);
+    }
     blocks_.push_back(std::move(b));
   }
   if (blocks_.empty()) return FailedPrecondition("no memory backend of guest RAM in the system flat view");
@@ -334,10 +343,55 @@ Status QemuVm::VerifyFastPath() {
     HV_ASSIGN_OR_RETURN(const std::uint64_t base,
                         ChooseHostMapping(flat_, b.id, b.size, b.hvas, truth, read_host));
     HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, base, b.size));
+    if (Status m = MapShared(b, base, truth, ranges); !m.ok()) ram_access_ = "process_vm_readv (" + m.message() + ")";
     ram_.insert(ram_.end(), ranges.begin(), ranges.end());
   }
   std::sort(ram_.begin(), ram_.end(), [](const HostRange& a, const HostRange& b) { return a.gpa < b.gpa; });
+  mapped_ = !ram_.empty() && std::all_of(ram_.begin(), ram_.end(), [](const HostRange& r) { return r.local; });
+  if (mapped_) {
+    ram_access_ = "mapped";
+    for (const auto& m : shared_maps_) ram_access_ += " " + m->source();
+  }
   return Status::Ok();
+}
+
+Status QemuVm::MapShared(const Block& b, std::uint64_t base, const std::vector<MemorySample>& truth,
+                         std::vector<HostRange>& ranges) {
+  const auto it = std::find(b.hvas.begin(), b.hvas.end(), base);
+  if (it == b.hvas.end()) return NotFound("no mapping at " + Hex(base));
+  const HostMapping& m = b.mappings[static_cast<std::size_t>(it - b.hvas.begin())];
+  if (m.path.empty() || m.perms.size() != 4 || m.perms[3] != 's') {
+    return FailedPrecondition("memory backend '" + b.id + "' is anonymous or private memory")
+        .WithHint("a shared memfd backend lets hvpatch map guest RAM: -object memory-backend-memfd,share=on");
+  }
+  HV_ASSIGN_OR_RETURN(std::unique_ptr<SharedRamMap> map, SharedRamMap::Open(pid_, m));
+  // The mapping must hold what the gdbstub read (the VM is stopped during Setup).
+  for (const MemorySample& s : truth) {
+    const auto r = std::find_if(ranges.begin(), ranges.end(), [&](const HostRange& h) {
+      return s.gpa >= h.gpa && s.gpa - h.gpa + s.bytes.size() <= h.size;
+    });
+    if (r == ranges.end()) continue;
+    const std::uint64_t off = r->hva - base + (s.gpa - r->gpa);
+    if (off + s.bytes.size() > map->size() || std::memcmp(map->data() + off, s.bytes.data(), s.bytes.size()) != 0) {
+      return FailedPrecondition("'" + map->source() + "' differs from the gdbstub at gpa " + Hex(s.gpa));
+    }
+  }
+  for (HostRange& r : ranges) r.local = map->data() + (r.hva - base);
+  shared_maps_.push_back(std::move(map));
+  return Status::Ok();
+}
+
+bool QemuVm::ReadsFromMapping() const { return mapped_; }
+
+void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
+  if (!mapped_ || size == 0) return;
+  const HostRange* r = FindRange(gpa);
+  if (r == nullptr || r->local == nullptr) return;
+  // At most 8 lines: a hint for the next few reads, not a bulk copy.
+  const std::uint64_t end = std::min<std::uint64_t>({gpa + size, r->end(), (gpa & ~std::uint64_t{63}) + 8 * 64});
+  for (std::uint64_t at = gpa & ~std::uint64_t{63}; at < end; at += 64) {
+    __builtin_prefetch(r->local + (std::max(at, r->gpa) - r->gpa));
+  }
 }
 
 Status QemuVm::Pause() {
@@ -369,16 +423,21 @@ Status QemuVm::Resume() {
   if (pause_depth_ == 0) return FailedPrecondition("Resume() without a matching Pause()");
   if (--pause_depth_ > 0) return Status::Ok();
   ForgetPauseState();
-  if (!resume_on_outer_) return Status::Ok();
+  // A failure to mark is reported, but never keeps the guest stopped.
+  Status marked = MarkDirectWritesForMigration();
+  if (!resume_on_outer_) return marked;
   resume_on_outer_ = false;
-  return qmp_->Execute("cont").status();
+  Status cont = qmp_->Execute("cont").status();
+  return marked.ok() ? cont : marked;
 }
 
 Status QemuVm::ForceResume() {
   pause_depth_ = 0;
   resume_on_outer_ = false;
   ForgetPauseState();
-  return qmp_->Execute("cont").status();
+  Status marked = MarkDirectWritesForMigration();
+  Status cont = qmp_->Execute("cont").status();
+  return marked.ok() ? cont : marked;
 }
 
 Status QemuVm::RequirePaused() {
@@ -422,6 +481,11 @@ Status QemuVm::HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t le
       return InvalidArgument("guest-physical address " + Hex(at) + " is not guest RAM");
     }
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len - done, r->end() - at));
+    if (!write && r->local != nullptr) {
+      std::memcpy(buf + done, r->local + (at - r->gpa), n);
+      done += n;
+      continue;
+    }
     iovec local{buf + done, n};
     iovec remote{reinterpret_cast<void*>(r->hva + (at - r->gpa)), n};
     const ssize_t got = write ? process_vm_writev(pid_, &local, 1, &remote, 1, 0)
@@ -437,7 +501,8 @@ Status QemuVm::HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t le
 }
 
 Status QemuVm::ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const {
-  if (pause_depth_ == 0) return HostTransfer(gpa, out.data(), out.size(), false);
+  // From a mapping, a read is a memcpy already: a page cache would only add a copy.
+  if (pause_depth_ == 0 || ReadsFromMapping()) return HostTransfer(gpa, out.data(), out.size(), false);
   return page_cache_.Read(gpa, out, [this](std::uint64_t at, std::span<std::uint8_t> buf) {
     return HostTransfer(at, buf.data(), buf.size(), false);
   });
@@ -478,7 +543,10 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
     const std::uint64_t in_page = t->page_size - ((va + done) & (t->page_size - 1));
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(in_page, data.size() - done));
     page_cache_.Invalidate(t->gpa, n);
-    Status s = gdb_->WriteMemory(t->gpa, data.subspan(done, n));
+    Status s = direct_code_writes_
+                   ? HostTransfer(t->gpa, const_cast<std::uint8_t*>(data.data()) + done, n, true)
+                   : gdb_->WriteMemory(t->gpa, data.subspan(done, n));
+    if (direct_code_writes_ && s.ok()) direct_writes_.emplace_back(t->gpa, n);
     if (!s.ok()) return s.WithContext("writing code at " + Hex(va + done));
     back.resize(n);
     // Straight from guest RAM, never from the page cache: this checks what QEMU wrote.
@@ -487,6 +555,31 @@ Status QemuVm::WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) {
       return Internal("code at " + Hex(va + done) + " (gpa " + Hex(t->gpa) + ") reads back differently");
     }
     done += n;
+  }
+  return Status::Ok();
+}
+
+Status QemuVm::MarkDirectWritesForMigration() {
+  if (direct_writes_.empty()) return Status::Ok();
+  const auto writes = std::move(direct_writes_);
+  direct_writes_.clear();
+  // QEMU marks a page dirty for migration when QEMU itself writes it (the gdbstub's write
+  // included, invalidate_and_set_dirty in softmmu/physmem.c); KVM's dirty log sees only the
+  // guest's own writes. A write from our process is seen by neither. A migration that starts
+  // after this check begins with every page dirty (ram_save_setup), so only one already under
+  // way needs the pages marked, and the same bytes written through the gdbstub do that.
+  HV_ASSIGN_OR_RETURN(json m, qmp_->Execute("query-migrate"));
+  const std::string status = JsonString(m, "status");
+  if (status.empty() || status == "none" || status == "completed" || status == "failed" ||
+      status == "cancelled") {
+    return Status::Ok();
+  }
+  std::vector<std::uint8_t> bytes;
+  for (const auto& [gpa, n] : writes) {
+    bytes.resize(n);
+    HV_RETURN_IF_ERROR(HostTransfer(gpa, bytes.data(), n, false));
+    Status s = gdb_->WriteMemory(gpa, bytes);
+    if (!s.ok()) return s.WithContext("marking code at gpa " + Hex(gpa) + " dirty for the migration ('" + status + "')");
   }
   return Status::Ok();
 }
@@ -508,7 +601,14 @@ std::string QemuVm::Describe() const {
 }
 
 Result<std::string> QemuVm::AgentSocket() {
-  return FindPortSocket(*qmp_, "org.hvpatch.agent.0");
+  HV_ASSIGN_OR_RETURN(PortSocket port, FindPortSocket(*qmp_, kAgentPort));
+  if (!port.guest_open) {
+    // Known at once from QEMU, instead of a sync handshake nobody answers (--agent-timeout-ms).
+    return Unavailable(std::string("the guest has not opened virtio-serial port '") + kAgentPort +
+                       "' (query-chardev frontend-open is false): no agent runs in the guest")
+        .WithHint("start hvpatch-agent in the guest, or pass --no-agent");
+  }
+  return port.path;
 }
 
 }  // namespace hv::vmm

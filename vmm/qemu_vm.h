@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qmp/qmp_client.h"
@@ -25,6 +26,7 @@
 #include "vmm/gdb_stub_client.h"
 #include "vmm/phys_page_cache.h"
 #include "vmm/qemu_memory_map.h"
+#include "vmm/shared_ram_map.h"
 #include "vmm/vm.h"
 
 namespace hv::vmm {
@@ -65,15 +67,31 @@ class QemuVm final : public Vm {
   // naming the first address outside both; kIo when the host read fails.
   Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override;
   std::vector<PhysRange> RamRanges() const override;
+  // True when every RAM range is mapped into this process (a shared file or memfd backend,
+  // vmm/shared_ram_map.h): reads are then a memcpy and bypass the page cache.
+  bool ReadsFromMapping() const override;
+  // From the mapping, when there is one: the first cache lines of the range.
+  void Prefetch(std::uint64_t gpa, std::size_t size) const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
   // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel
   // page table maps kernel text; a user-mode vCPU may be on a PTI user table that does not)
-  // and writes with gdbstub `M` in physical mode:
-  // QEMU's physical write path invalidates translated blocks on those pages, so TCG runs the
-  // new bytes. At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors;
-  // kInternal when the read-back differs.
+  // and writes the code:
+  //  - under TCG, with gdbstub `M` in physical mode: QEMU's physical write path invalidates
+  //    translated blocks on those pages, so TCG runs the new bytes;
+  //  - under KVM (query-kvm enabled), straight into guest RAM like WritePhys: there is no
+  //    translation cache, and the gdbstub's write is the same memcpy into the same RAM (see
+  //    docs/kvm.md). The one thing the gdbstub adds, marking the pages dirty for a migration in
+  //    progress, is made up before the vCPUs run again (Resume), by writing the same bytes
+  //    through the gdbstub if query-migrate shows a migration. HVPATCH_CODE_WRITE=gdbstub in
+  //    the environment forces the gdbstub path (for measurements).
+  // At most 1 MiB. Errors: kFailedPrecondition when not paused; page walk errors; kInternal when
+  // the read-back differs.
   Status WriteCode(std::uint64_t va, std::span<const std::uint8_t> data) override;
+  // "gdbstub" or "direct": how WriteCode writes on this VM.
+  const char* code_write_path() const { return direct_code_writes_ ? "direct" : "gdbstub"; }
+  // query-kvm said enabled at connect.
+  bool kvm() const { return kvm_; }
   Result<ArenaDevice> Arena() override;
   std::string Identity() const override;
   std::string Describe() const override;
@@ -86,6 +104,10 @@ class QemuVm final : public Vm {
   pid_t qemu_pid() const { return pid_; }
   const std::string& uuid() const { return uuid_; }
   int pause_depth() const { return pause_depth_; }
+  // Guest RAM and where QEMU maps it (for tools and tests that read it another way).
+  const std::vector<HostRange>& host_ram() const { return ram_; }
+  // "mapped /proc/PID/map_files/..." or "process_vm_readv (why not mapped)": how RAM is read.
+  const std::string& ram_access() const { return ram_access_; }
 
  private:
   QemuVm() = default;
@@ -104,6 +126,9 @@ class QemuVm final : public Vm {
   Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;
   // The guest may run again (or we cannot tell): forget what the pause read.
   void ForgetPauseState();
+  // Before the vCPUs run: if a migration is in progress, rewrite this pause's direct code
+  // writes through the gdbstub so QEMU marks them dirty and sends them (see WriteCode).
+  Status MarkDirectWritesForMigration();
 
   std::unique_ptr<qmp::QmpClient> qmp_;
   std::unique_ptr<GdbStubClient> gdb_;
@@ -119,14 +144,24 @@ class QemuVm final : public Vm {
     std::string id;
     std::uint64_t size = 0;
     std::vector<std::uint64_t> hvas;
+    std::vector<HostMapping> mappings;  // /proc/PID/maps line of each of hvas
   };
+  // Maps a shared file/memfd backend into this process when it holds the gdbstub's samples.
+  Status MapShared(const Block& b, std::uint64_t base, const std::vector<MemorySample>& truth,
+                   std::vector<HostRange>& ranges);
   std::vector<Block> blocks_;
   std::vector<FlatRange> flat_;
   std::string arena_memdev_;
   std::vector<HostRange> ram_;     // guest RAM, sorted by gpa
   std::vector<HostRange> extra_;   // the arena BAR, when mapped
+  std::vector<std::unique_ptr<SharedRamMap>> shared_maps_;
+  std::string ram_access_ = "process_vm_readv";  // how guest RAM is read (ram_access())
+  bool mapped_ = false;                          // every range of ram_ has `local`
   std::optional<ArenaDevice> arena_;
   Status arena_status_;            // why there is no arena, when there is none
+  bool kvm_ = false;
+  bool direct_code_writes_ = false;
+  std::vector<std::pair<std::uint64_t, std::size_t>> direct_writes_;  // gpa, length; this pause
   int pause_depth_ = 0;
   bool resume_on_outer_ = false;
   // Valid only while pause_depth_ > 0 (see ReadPhys and VcpuStates).

@@ -159,9 +159,10 @@ Status TestVm::Boot(const TestVmOptions& o) {
     initrd = dir_ + "/initrd.img";
   }
 
+  const std::string accel = o.accel.empty() ? EnvOr("HVPATCH_TEST_ACCEL", "tcg") : o.accel;
   std::vector<std::string> argv = {
       "timeout", "--kill-after=5", std::to_string(o.lifetime_s), "qemu-system-x86_64",
-      "-accel", "tcg", "-machine", "pc", "-m", std::to_string(o.mem_mib),
+      "-accel", accel, "-machine", "pc", "-m", std::to_string(o.mem_mib),
       "-smp", std::to_string(o.smp), "-nodefaults", "-display", "none",
       "-kernel", images + "/vmlinuz", "-initrd", initrd,
       "-append", "console=ttyS0 panic=-1 quiet loglevel=4 " + o.extra_append,
@@ -174,8 +175,13 @@ Status TestVm::Boot(const TestVmOptions& o) {
       "-chardev", "socket,id=cmd,path=" + dir_ + "/cmd.sock,server=on,wait=off",
       "-device", "virtserialport,bus=vser0.0,chardev=cmd,name=org.hvpatch.test.0",
   };
+  if (accel == "kvm") argv.insert(argv.end(), {"-cpu", "host"});
   if (o.no_reboot) argv.push_back("-no-reboot");
   if (!o.incoming.empty()) argv.insert(argv.end(), {"-incoming", o.incoming});
+  if (o.shared_ram) {
+    argv.insert(argv.end(), {"-object", "memory-backend-memfd,id=ram0,share=on,size=" + std::to_string(o.mem_mib) + "M",
+                             "-machine", "memory-backend=ram0"});
+  }
   if (o.arena) {
     // master=on lets migration and save/restore carry the arena (lab notes).
     argv.insert(argv.end(),

@@ -24,8 +24,14 @@ namespace hv::testing {
 
 struct TestVmOptions {
   int smp = 2;
+  // "tcg", or "kvm" (with `-cpu host`: the KVM suite runs the harness inside the nested lab's
+  // L1). Empty: $HVPATCH_TEST_ACCEL, else "tcg" (so any suite or bench can run under KVM).
+  std::string accel;
   int mem_mib = 512;
   bool arena = true;
+  // Guest RAM in a shared memfd (memory-backend-memfd,share=on) instead of QEMU's anonymous
+  // memory: hvpatch then maps it (vmm/shared_ram_map.h).
+  bool shared_ram = false;
   bool agent = true;            // append the built hvpatch-agent to the initramfs
   std::string extra_append;     // more kernel command line
   std::vector<std::string> extra_qemu_args;
@@ -101,6 +107,7 @@ class TestVm {
 // Paths the build compiled in (overridable by environment for relocated trees):
 //   HVPATCH_IMAGES  the images/ output directory
 //   HVPATCH_AGENT   the hvpatch-agent binary to append to the initramfs
+//   HVPATCH_TEST_ACCEL  the accelerator when TestVmOptions::accel is empty (default tcg)
 std::string ImagesDir();
 std::string AgentBinary();
 // A built test patch module: ImagesDir()/patches/NAME.ko

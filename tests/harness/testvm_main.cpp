@@ -1,8 +1,10 @@
 // hvpatch-testvm: the VM test harness for shell scripts (the demo, manual poking).
-//   hvpatch-testvm start DIR [--no-agent]   boot a test guest in DIR, detached; prints its QMP target
+//   hvpatch-testvm start DIR [--no-agent] [--accel kvm] [--mem MIB]
+//                                            boot a test guest in DIR, detached; prints its QMP target
 //   hvpatch-testvm run DIR SCRIPT            run SCRIPT in the guest; prints output, exits with its code
 //   hvpatch-testvm stop DIR                  stop the guest started in DIR (by its PID)
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -12,7 +14,7 @@ namespace {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: hvpatch-testvm start DIR [--no-agent]\n"
+               "usage: hvpatch-testvm start DIR [--no-agent] [--accel tcg|kvm] [--mem MIB]\n"
                "       hvpatch-testvm run DIR SCRIPT\n"
                "       hvpatch-testvm stop DIR\n");
   return 2;
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
     o.detach = true;
     for (int i = 3; i < argc; ++i) {
       if (std::strcmp(argv[i], "--no-agent") == 0) o.agent = false;
+      else if (std::strcmp(argv[i], "--accel") == 0 && i + 1 < argc) o.accel = argv[++i];
+      else if (std::strcmp(argv[i], "--mem") == 0 && i + 1 < argc) o.mem_mib = std::atoi(argv[++i]);
       else return Usage();
     }
     auto vm = hv::testing::TestVm::Start(o);

@@ -209,6 +209,9 @@ TEST_F(QemuVmTest, WriteCodeRedirectsAndRestoresCmdline) {
   const std::uint64_t v = GuestSymbol("version_proc_show");
   ASSERT_NE(f, 0u);
   ASSERT_NE(v, 0u);
+  // Under TCG code writes must go through QEMU (the gdbstub), never straight into RAM.
+  EXPECT_FALSE(vm_->kvm());
+  EXPECT_STREQ(vm_->code_write_path(), "gdbstub");
   // Run the original once so TCG has translated it: the patch must displace that translation.
   auto before = guest_->Check("cat /proc/cmdline");
   ASSERT_THAT(before, IsOk());

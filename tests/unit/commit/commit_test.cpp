@@ -21,6 +21,11 @@ const std::vector<std::uint8_t> kJmp = {0xe9, 0x11, 0x22, 0x33, 0x44};
 
 class ListedStacks : public StackSource {
  public:
+  explicit ListedStacks(FakeVm* vm = nullptr) : vm_(vm) {}
+  void Prepare() override {
+    // Before each pause, with the guest running.
+    prepared_while_running.push_back(vm_ != nullptr && *vm_->Running());
+  }
   Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState>) override {
     ++calls;
     if (calls_until_idle > 0 && --calls_until_idle == 0) busy_word_at = 0;
@@ -30,6 +35,10 @@ class ListedStacks : public StackSource {
   int calls = 0;
   int calls_until_idle = 0;
   std::uint64_t busy_word_at = 0;
+  std::vector<bool> prepared_while_running;
+
+ private:
+  FakeVm* vm_;
 };
 
 class CommitTest : public ::testing::Test {
@@ -49,7 +58,7 @@ class CommitTest : public ::testing::Test {
     vm_.PokeVirt(kStack + 0x3f80, w);
   }
   FakeVm vm_;
-  ListedStacks stacks_;
+  ListedStacks stacks_{&vm_};
   CommitPlan plan_;
 };
 
@@ -77,6 +86,8 @@ TEST_F(CommitTest, BusyStackRetriesThenNamesTheTaskAndLeavesGuestUntouched) {
   EXPECT_TRUE(*vm_.Running());
   EXPECT_THAT(steps, ElementsAre("paused", "paused", "paused"));
   EXPECT_TRUE(vm_.log.empty());
+  // Each try let the source warm up first, outside its pause.
+  EXPECT_THAT(stacks_.prepared_while_running, ElementsAre(true, true, true));
 }
 
 TEST_F(CommitTest, VcpuExecutingTheOldFunctionIsBusy) {

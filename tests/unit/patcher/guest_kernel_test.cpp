@@ -242,6 +242,54 @@ TEST(GuestKernelTest, StackRegionsAreConservativeDuringAContextSwitch) {
   EXPECT_TRUE(whole);
 }
 
+// Guest memory read from a mapping (vmm::GuestPhysMemory::ReadsFromMapping), counting reads.
+class CountingMemory : public vmm::GuestPhysMemory {
+ public:
+  CountingMemory(const vmm::GuestPhysMemory& inner, bool mapped) : inner_(inner), mapped_(mapped) {}
+  Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override {
+    ++reads;
+    bytes += out.size();
+    return inner_.ReadPhys(gpa, out);
+  }
+  std::vector<vmm::PhysRange> RamRanges() const override { return inner_.RamRanges(); }
+  bool ReadsFromMapping() const override { return mapped_; }
+  mutable int reads = 0;
+  mutable std::uint64_t bytes = 0;
+
+ private:
+  const vmm::GuestPhysMemory& inner_;
+  bool mapped_;
+};
+
+TEST(GuestKernelTest, PrepareTouchesEveryStackOnlyWhenMemoryIsAMapping) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  CountingMemory copied(g.mem(), false);
+  GuestKernelStacks plain(**k, copied);
+  plain.Prepare();
+  EXPECT_EQ(copied.reads, 0);  // every read costs the same: nothing to warm
+
+  CountingMemory mapped(g.mem(), true);
+  GuestKernelStacks warm(**k, mapped);
+  warm.Prepare();
+  // It read each task's stack from its saved SP up (0x100 bytes each in the fake) ...
+  std::uint64_t stack_bytes = 0;
+  auto regions = (*k)->StackRegions(g.mem(), {});
+  ASSERT_THAT(regions, IsOk());
+  for (const StackRegion& r : *regions) stack_bytes += r.end - r.begin;
+  EXPECT_GE(mapped.bytes, stack_bytes);
+  // ... and Collect, inside the pause, still reads everything again itself.
+  const int before = mapped.reads;
+  const auto vcpus = g.vcpus();
+  auto collected = warm.Collect(vcpus);
+  ASSERT_THAT(collected, IsOk());
+  EXPECT_GT(mapped.reads, before);
+  auto expected = GuestKernelStacks(**k, g.mem()).Collect(vcpus);
+  ASSERT_THAT(expected, IsOk());
+  EXPECT_EQ(collected->size(), expected->size());
+}
+
 TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
   FakeGuestKernel g;
   g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);  // absurd count
