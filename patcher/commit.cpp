@@ -1,5 +1,7 @@
 #include "patcher/commit.h"
 
+#include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "base/hex.h"
@@ -20,13 +22,36 @@ vmm::PagingMode KernelMode(const vmm::VcpuState& v) {
 
 }  // namespace
 
-Status Committer::WriteAll(const CommitPlan& plan, const std::function<void(const char*)>& phase) {
+Status VmKernelWords::Read(std::uint64_t va, std::span<std::uint8_t> out) {
+  return vmm::ReadVirt(vm_, mode_, va, out);
+}
+
+Status VmKernelWords::Write(std::uint64_t va, std::span<const std::uint8_t> bytes) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const std::uint64_t at = va + done;
+    HV_ASSIGN_OR_RETURN(vmm::Translation t, vmm::TranslateVirt(vm_, mode_, at));
+    if (!t.writable) return FailedPrecondition("kernel address " + Hex(at) + " is mapped read-only");
+    const std::size_t n = std::min<std::size_t>(bytes.size() - done, 4096 - (at & 4095));
+    HV_RETURN_IF_ERROR(vm_.WritePhys(t.gpa, bytes.subspan(done, n)));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status Committer::WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, KernelWords* kernel,
+                           const std::function<void(const char*)>& phase) {
   wrote_ = true;
   for (const auto& w : plan.phys_writes) {
     HV_RETURN_IF_ERROR(vm_.WritePhys(w.gpa, w.bytes).WithContext("writing " + w.what));
   }
   phase("phys_writes");
   Step("phys_written");
+  if (edits != nullptr && !edits->writes().empty()) {
+    // After the arena's pages and PTEs: the edits link structures that live there.
+    HV_RETURN_IF_ERROR(edits->Flush(*kernel).WithContext("writing the kernel data edits"));
+    phase("kernel_edits");
+  }
   for (std::size_t i = 0; i < plan.code_writes.size(); ++i) {
     const CodeWrite& w = plan.code_writes[i];
     Status s = vm_.WriteCode(w.va, w.bytes).WithContext("writing " + w.what);
@@ -50,6 +75,7 @@ Status Committer::WriteAll(const CommitPlan& plan, const std::function<void(cons
 Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
   CommitReport report;
   std::vector<StackHit> last_hits;
+  std::string last_busy_edit;
   for (int attempt = 1; attempt <= std::max(1, policy_.tries); ++attempt) {
     report.tries = attempt;
     std::vector<PausePhase> phases;
@@ -96,9 +122,38 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     }
     report.threads_scanned = checked->threads_scanned;
     report.bytes_scanned = checked->bytes_scanned;
+    std::optional<VmKernelWords> kernel;
+    std::optional<StagedKernelWords> staged;
+    if (checked->safe() && !plan.kernel_edits.empty()) {
+      // Decided now, from what the guest holds inside this pause.
+      auto vcpus = vm_.VcpuStates();
+      Status edited = vcpus.ok() && !vcpus->empty() ? Status::Ok() : Internal("no vCPU state for the kernel edits");
+      if (edited.ok()) {
+        kernel.emplace(vm_, KernelMode((*vcpus)[0]));
+        staged.emplace(*kernel);
+        for (const KernelEdit& e : plan.kernel_edits) {
+          edited = e(*staged);
+          if (!edited.ok()) break;
+        }
+      }
+      if (edited.code() == Code::kBusy && attempt < std::max(1, policy_.tries)) {
+        last_busy_edit = edited.message();
+        last_hits.clear();
+        HV_RETURN_IF_ERROR(vm_.Resume().WithContext("resuming the VM after a busy kernel edit"));
+        report.pause_us_per_try.push_back(Micros(t0, Clock::now()));
+        std::this_thread::sleep_for(policy_.backoff);
+        continue;
+      }
+      if (!edited.ok()) {
+        Status resumed = vm_.Resume();
+        if (!resumed.ok()) return edited.WithContext("(and resume failed: " + resumed.message() + ")");
+        return edited;
+      }
+      phase("kernel_reads");
+    }
     if (checked->safe()) {
       Step("checked");
-      Status written = WriteAll(plan, phase);
+      Status written = WriteAll(plan, staged ? &*staged : nullptr, kernel ? &*kernel : nullptr, phase);
       Status resumed = vm_.Resume();
       phase("resume");
       const auto t1 = mark;
@@ -114,6 +169,9 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     HV_RETURN_IF_ERROR(vm_.Resume().WithContext("resuming the VM after a busy check"));
     report.pause_us_per_try.push_back(Micros(t0, Clock::now()));
     if (attempt < policy_.tries) std::this_thread::sleep_for(policy_.backoff);
+  }
+  if (last_hits.empty() && !last_busy_edit.empty()) {
+    return Busy("guest busy after " + std::to_string(report.tries) + " tries: " + last_busy_edit);
   }
   return Busy("code busy after " + std::to_string(report.tries) + " tries: " + DescribeHits(last_hits));
 }

@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "base/status.h"
+#include "patcher/kernel_words.h"
 #include "patcher/stack_check.h"
+#include "vmm/page_walk.h"
 #include "vmm/vm.h"
 
 namespace hv::patcher {
@@ -40,10 +42,31 @@ struct CodeWrite {
   std::string what;
 };
 
+// A kernel data edit decided inside the pause from what the guest holds at that moment (the
+// shadow module's links into the module list and tree, shadow_module.h). It reads through `mem`
+// and stages its writes there; the commit writes every staged word after phys_writes and before
+// code_writes. kBusy from an edit counts as a busy try (resume, back off, retry): e.g. the guest
+// holds module_mutex. Any other error aborts the commit before any write.
+using KernelEdit = std::function<Status(KernelWords& mem)>;
+
 struct CommitPlan {
   std::vector<PhysWrite> phys_writes;  // first
+  std::vector<KernelEdit> kernel_edits;  // then the words they staged, in order
   std::vector<CodeWrite> code_writes;  // then, in order (trampolines last)
   std::vector<CodeRange> busy;         // code that must not be in use
+};
+
+// Kernel virtual memory through a VM's physical memory and page tables (reads and writes).
+class VmKernelWords : public KernelWords {
+ public:
+  VmKernelWords(vmm::Vm& vm, const vmm::PagingMode& mode) : vm_(vm), mode_(mode) {}
+  Status Read(std::uint64_t va, std::span<std::uint8_t> out) override;
+  // A plain physical write, page by page: for kernel data, never for code.
+  Status Write(std::uint64_t va, std::span<const std::uint8_t> bytes) override;
+
+ private:
+  vmm::Vm& vm_;
+  vmm::PagingMode mode_;
 };
 
 // Produces the stacks to scan, inside the pause (the task list changes while the guest runs).
@@ -101,7 +124,8 @@ class Committer {
     if (hook_) hook_(s);
   }
   // `phase` closes a profiling phase ("phys_writes", "code_writes") as it ends.
-  Status WriteAll(const CommitPlan& plan, const std::function<void(const char*)>& phase);
+  Status WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, KernelWords* kernel,
+                  const std::function<void(const char*)>& phase);
 
   vmm::Vm& vm_;
   StackSource& stacks_;

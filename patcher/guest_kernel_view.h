@@ -19,6 +19,7 @@ class GuestKernelView : public KernelView {
   std::string BuildId() const override { return kernel_.build_id(); }
   vmm::PagingMode KernelPaging() const override { return kernel_.paging(); }
   std::uint64_t ImageEnd() const override { return image_end_; }
+  const KernelBtf* Btf() const override { return &kernel_.btf(); }
   std::uint64_t KaslrOffset() const override { return kernel_.kaslr_offset(); }
   // Only a root from vmcoreinfo's init_top_pgt identifies the boot (see KernelView).
   std::uint64_t PageTableGpa() const override {

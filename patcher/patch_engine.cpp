@@ -11,6 +11,7 @@
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/plan.h"
+#include "patcher/shadow_module.h"
 
 namespace hv::patcher {
 namespace {
@@ -68,6 +69,46 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   std::vector<std::uint8_t> out(n);
   HV_RETURN_IF_ERROR(vmm::ReadVirt(vm_, kernel_.KernelPaging(), va, out));
   return out;
+}
+
+std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout) {
+  // The shadow module, if the patch has one linked, lies in its data runs: found and unlinked
+  // inside the pause (a patch applied without one has none to find). A kernel whose layout
+  // cannot be read gave none at apply either.
+  const KernelBtf* btf = kernel_.Btf();
+  if (btf == nullptr) return std::nullopt;
+  auto shadow = ShadowModuleLayout::Read(*btf, kernel_);
+  if (!shadow.ok()) return std::nullopt;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> runs;
+  for (const auto& a : layout.allocations()) {
+    if (a.owner == name && a.memory == MemoryClass::kData) {
+      runs.push_back({layout.Va(a.offset()), layout.Va(a.offset()) + a.size()});
+    }
+  }
+  if (runs.empty()) return std::nullopt;
+  return KernelEdit([l = *shadow, runs](KernelWords& mem) -> Status {
+    for (const auto& [begin, end] : runs) {
+      HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, l, begin, end));
+      if (mod != 0) return UnlinkShadowModule(mem, l, mod).WithContext("unlinking the shadow module");
+    }
+    return Status::Ok();
+  });
+}
+
+Result<CpuFeatures> PatchEngine::ReadCpuFeatures(const KernelBtf& btf) {
+  auto read = [&]() -> Result<CpuFeatures> {
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol cpu, kernel_.Resolve("boot_cpu_data", "vmlinux", 0));
+    HV_ASSIGN_OR_RETURN(std::uint64_t off, btf.Offset("cpuinfo_x86", "x86_capability"));
+    HV_ASSIGN_OR_RETURN(std::uint64_t size, btf.MemberSize("cpuinfo_x86", "x86_capability"));
+    if (size == 0 || size % 4 != 0 || size > 256) return InvalidArgument("x86_capability is " + std::to_string(size) + " bytes");
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(cpu.address + off, size));
+    CpuFeatures f;
+    f.words.resize(size / 4);
+    std::memcpy(f.words.data(), raw.data(), size);
+    return f;
+  }();
+  if (!read.ok()) return read.status().WithContext("reading the guest CPU's features (boot_cpu_data)");
+  return read;
 }
 
 void PatchEngine::SetBootIdentity(Ledger& ledger) const {
@@ -281,7 +322,14 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   if (map_now && boot_mark == 0) boot_mark = NewBootMark();
 
   const KernelCodeReader reader(vm_, mode);
-  HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout));
+  std::optional<ShadowModuleLayout> shadow;
+  PlanOptions options;
+  if (const KernelBtf* btf = kernel_.Btf()) {
+    HV_ASSIGN_OR_RETURN(shadow, ShadowModuleLayout::Read(*btf, kernel_));
+    options.shadow = &*shadow;
+    HV_ASSIGN_OR_RETURN(options.cpu, ReadCpuFeatures(*btf));
+  }
+  HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout, options));
 
   ApplyResult result;
   result.name = module.name();
@@ -376,6 +424,23 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   }
   for (const auto& lf : record.functions) {
     plan.code_writes.push_back({lf.site, lf.original, lf.trampoline, "trampoline of '" + lf.name + "'"});
+  }
+  if (planned.shadow) {
+    // The module is linked where a module load links it, before its code becomes reachable. Its
+    // own pages are written in the same pause (their PTEs too): the edit reads them from the plan.
+    const ArenaWrite* data = nullptr;
+    for (const ArenaWrite& w : planned.arena_writes) {
+      if (w.memory == MemoryClass::kData && planned.shadow->module_va >= w.va &&
+          planned.shadow->module_va < w.va + w.bytes.size()) {
+        data = &w;
+      }
+    }
+    if (data == nullptr) return Internal("the shadow module is not in the patch's data pages");
+    plan.kernel_edits.push_back(
+        [l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes](KernelWords& mem) {
+          OverlayKernelWords arena(mem, run, bytes);
+          return LinkShadowModule(arena, l, va).WithContext("linking the shadow module");
+        });
   }
 
   if (request.dry_run) {
@@ -478,6 +543,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
+  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
   bool wrote = false;
   auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
@@ -568,13 +634,17 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
       HV_RETURN_IF_ERROR(store_.Save(ledger));
       continue;
     }
-    if (!undo.code_writes.empty()) {
+    auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+    // A link made in the interrupted pause goes too (nothing to do when there is none).
+    if (layout.ok()) {
+      if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
+    }
+    if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
       // Partly switched: put the rest back, with the same stack check as a revert.
       Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
       auto r = committer.Commit(undo);
       if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
     }
-    auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
     if (layout.ok() && layout->Free(p.name).ok()) ledger.arena.layout = layout->Serialize();
     notes.push_back("recovered patch '" + p.name + "' interrupted while " +
                     (was_applying ? "applying" : "reverting") + ": fully reverted");

@@ -11,7 +11,10 @@
 #include <vector>
 
 #include "base/status.h"
+#include "patcher/arena_layout.h"
 #include "patcher/commit.h"
+#include "patcher/kernel_btf.h"
+#include "patcher/kernel_tables.h"
 #include "patcher/ledger.h"
 #include "patcher/patch_module.h"
 #include "patcher/symbol_resolver.h"
@@ -28,6 +31,9 @@ class KernelView : public SymbolResolver {
   virtual vmm::PagingMode KernelPaging() const = 0;
   // The end of the kernel image (`_end`): the arena goes into a free 2 MiB slot above it.
   virtual std::uint64_t ImageEnd() const = 0;
+  // The guest's BTF, for the shadow module's offsets (shadow_module.h). Null: patches get no
+  // shadow module, and THIS_MODULE is refused as before.
+  virtual const KernelBtf* Btf() const { return nullptr; }
   // Parts of the boot identity (patcher/ledger.h BootIdentity): the KASLR offset, and the
   // guest-physical address of the kernel's own top-level page table, 0 when the view does not
   // know it (a paging root taken from a vCPU's CR3 changes with the running process, so it
@@ -133,6 +139,11 @@ class PatchEngine {
 
  private:
   Result<Ledger> LoadLedger();
+  // The kernel edit that unlinks the shadow module of patch `name` (in its data runs of
+  // `layout`), or none when this kernel gives patches no shadow module.
+  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
+  // The guest's boot_cpu_data.x86_capability, for alternatives.
+  Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
   // mapped in the window (a ledger this engine does not hold), kUnavailable when none is free.
   // `avoid_va`: a slot not to take if another is free (where an earlier boot had the arena: TCG

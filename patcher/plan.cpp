@@ -19,8 +19,15 @@ Result<std::vector<RunPreFunction>> RunPreRecords(const PatchModule& module) {
 }
 
 Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolver,
-                        const GuestCodeReader& reader, const ArenaLayout& arena) {
-  HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module));
+                        const GuestCodeReader& reader, const ArenaLayout& arena, const PlanOptions& options) {
+  HV_ASSIGN_OR_RETURN(PatchImage image, SelectImage(module, {.shadow_module = options.shadow != nullptr}));
+  // The shadow module's tables go after the image's data, in the same run.
+  std::uint64_t tables_offset = 0;
+  if (options.shadow != nullptr) {
+    auto& data = image.size[static_cast<std::size_t>(MemoryClass::kData)];
+    tables_offset = (data + 63) & ~std::uint64_t{63};
+    data = tables_offset + ShadowTablesSize(*options.shadow, module, image);
+  }
 
   PatchPlan plan(arena);
   plan.name = module.name();
@@ -39,6 +46,27 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
   }
   HV_ASSIGN_OR_RETURN(LinkedPatch linked, Link(module, image, resolver, base));
   plan.fentry_nops = linked.fentry_nops;
+  if (options.shadow != nullptr) {
+    HV_ASSIGN_OR_RETURN(plan.tables, FinishKernelTables(module, image, linked, options.cpu));
+    const auto code = static_cast<std::size_t>(MemoryClass::kCode);
+    const auto data = static_cast<std::size_t>(MemoryClass::kData);
+    const PlacedSection* tm = image.this_module ? image.Find(*image.this_module) : nullptr;
+    ShadowPlacement at;
+    at.module_va = tm != nullptr ? base[data] + tm->offset : 0;
+    at.tables_va = base[data] + tables_offset;
+    at.code_va = base[code];
+    at.code_size = std::uint64_t{image.Pages(MemoryClass::kCode)} * kArenaPageSize;
+    at.extable_va = plan.tables.extable_va;
+    at.num_exentries = plan.tables.num_exentries;
+    at.bug_table_va = plan.tables.bug_table_va;
+    at.num_bugs = plan.tables.num_bugs;
+    HV_ASSIGN_OR_RETURN(ShadowModuleImage shadow, BuildShadowModule(*options.shadow, module, image, linked, at));
+    auto& bytes = linked.bytes[data];
+    std::copy(shadow.module.begin(), shadow.module.end(), bytes.begin() + static_cast<long>(tm->offset));
+    std::copy(shadow.tables.begin(), shadow.tables.end(), bytes.begin() + static_cast<long>(tables_offset));
+    plan.shadow = at;
+    plan.shadow_symbols = shadow.symbols;
+  }
 
   for (const auto& a : plan.allocations) {
     ArenaWrite w;
@@ -160,8 +188,8 @@ Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolRe
 }
 
 Result<PatchPlan> BuildPlan(const PatchModule& module, const SymbolResolver& resolver,
-                            const GuestCodeReader& reader, const ArenaLayout& arena) {
-  auto r = Build(module, resolver, reader, arena);
+                            const GuestCodeReader& reader, const ArenaLayout& arena, const PlanOptions& options) {
+  auto r = Build(module, resolver, reader, arena, options);
   if (!r.ok()) return r.status().WithContext("planning patch '" + module.name() + "'");
   return r;
 }

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -15,8 +16,10 @@
 #include "patcher/arena_layout.h"
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
+#include "patcher/kernel_tables.h"
 #include "patcher/relocator.h"
 #include "patcher/run_pre.h"
+#include "patcher/shadow_module.h"
 #include "patcher/symbol_resolver.h"
 
 namespace hv::patcher {
@@ -76,6 +79,19 @@ struct PatchPlan {
   // function the commit must add the code of the patch below (its size is in the ledger).
   std::vector<AddressRange> busy;
   std::size_t fentry_nops = 0;
+  // With PlanOptions::shadow: where the shadow module was put (its bytes are in arena_writes;
+  // the commit links it with LinkShadowModule inside the pause).
+  std::optional<ShadowPlacement> shadow;
+  std::size_t shadow_symbols = 0;
+  KernelTables tables;  // __ex_table sorted, .altinstructions applied (with a shadow module)
+};
+
+struct PlanOptions {
+  // Give the patch a shadow module (shadow_module.h): THIS_MODULE resolves to it, and its
+  // struct module and tables are part of the arena data. Null: none (THIS_MODULE is refused).
+  const ShadowModuleLayout* shadow = nullptr;
+  // The guest's boot_cpu_data.x86_capability, for the patch's alternatives (kernel_tables.h).
+  CpuFeatures cpu;
 };
 
 // Run-pre matching (patcher/run_pre.h) of one function: every occurrence of `record.name` in
@@ -104,7 +120,9 @@ Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolRe
 // when an entry is not patchable, or two functions resolve to one address; kInvalidArgument when
 // an old function is a per-cpu variable or too small for a 5-byte jump; kUnavailable when the
 // arena is full; the reader's errors.
+// With options.shadow, also the errors of BuildShadowModule.
 Result<PatchPlan> BuildPlan(const PatchModule& module, const SymbolResolver& resolver,
-                            const GuestCodeReader& reader, const ArenaLayout& arena);
+                            const GuestCodeReader& reader, const ArenaLayout& arena,
+                            const PlanOptions& options = {});
 
 }  // namespace hv::patcher

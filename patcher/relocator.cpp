@@ -157,18 +157,41 @@ std::uint32_t PatchImage::Pages(MemoryClass c) const {
 
 namespace {
 
-Result<PatchImage> SelectImageOf(const PatchModule& m) {
+constexpr std::string_view kThisModule = ".gnu.linkonce.this_module";
+
+// Tables the shadow module makes work (kernel_tables.h): placed and finished by hvpatch, no
+// longer refused when the patch gets a shadow module.
+constexpr std::string_view kShadowTables[] = {"__ex_table", ".altinstructions", ".altinstr_replacement",
+                                             "__bug_table"};
+bool IsShadowTable(std::string_view name) {
+  return std::find(std::begin(kShadowTables), std::end(kShadowTables), name) != std::end(kShadowTables);
+}
+
+Result<PatchImage> SelectImageOf(const PatchModule& m, ImageOptions options) {
   const auto& secs = m.sections();
   const auto& syms = m.symbols();
   std::vector<bool> kept(secs.size(), false);
   std::deque<std::uint32_t> work;
+  // The shadow module lives in the patch's own struct module section: always placed, never
+  // followed (its relocations name the init/exit functions an in-guest load would call).
+  std::optional<std::uint32_t> this_module;
+  if (options.shadow_module) {
+    for (std::uint32_t s = 0; s < secs.size(); ++s) {
+      if (secs[s].name == kThisModule && secs[s].allocated() && secs[s].type == SHT_PROGBITS) {
+        this_module = s;
+        kept[s] = true;
+      }
+    }
+  }
 
   // `who` names the referrer; it is computed only for an error (it searches the symbols).
   auto keep = [&](std::uint32_t s, auto&& who) -> Status {
     if (kept[s]) return Status::Ok();
     const ModuleSection& sec = secs[s];
-    if (const RefusedSection* r = FindRefused(sec.name)) return NeedsSection(who(), sec, r->what);
-    if (const Plumbing* p = FindPlumbing(sec.name)) {
+    if (const RefusedSection* r = FindRefused(sec.name); r != nullptr && !(options.shadow_module && IsShadowTable(sec.name))) {
+      return NeedsSection(who(), sec, r->what);
+    }
+    if (const Plumbing* p = FindPlumbing(sec.name); p != nullptr && !(this_module && s == *this_module)) {
       return Unimplemented(who() + " refers to section '" + sec.name + "' (" + std::string(p->what) +
                            "): not supported");
     }
@@ -187,24 +210,30 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
   for (const auto& f : m.functions()) {
     HV_RETURN_IF_ERROR(keep(f.new_section, [&] { return "function '" + f.new_symbol + "'"; }));
   }
-  while (!work.empty()) {  // each section enters once: bounded by the section count
-    const std::uint32_t s = work.front();
-    work.pop_front();
-    for (const auto& r : secs[s].relocations) {
-      if (m.FindMetadata(s, r.offset) != nullptr) continue;  // inside init/exit or klp tables
-      const ModuleSymbol& sym = syms[r.symbol];
-      if (sym.section == SHN_UNDEF || sym.section == SHN_ABS || sym.section == kShnLivepatch) continue;
-      auto who = [&] { return Where(m, s, r); };
-      if (sym.section == SHN_COMMON) {
-        return InvalidArgument(who() + " refers to COMMON symbol '" + sym.name + "'");
+  // Follows every relocation of the sections kept so far (each section enters once: bounded by
+  // the section count).
+  auto drain = [&]() -> Status {
+    while (!work.empty()) {
+      const std::uint32_t s = work.front();
+      work.pop_front();
+      for (const auto& r : secs[s].relocations) {
+        if (m.FindMetadata(s, r.offset) != nullptr) continue;  // inside init/exit or klp tables
+        const ModuleSymbol& sym = syms[r.symbol];
+        if (sym.section == SHN_UNDEF || sym.section == SHN_ABS || sym.section == kShnLivepatch) continue;
+        auto who = [&] { return Where(m, s, r); };
+        if (sym.section == SHN_COMMON) {
+          return InvalidArgument(who() + " refers to COMMON symbol '" + sym.name + "'");
+        }
+        const std::uint64_t target = TargetOffset(sym, r);
+        if (const MetadataRange* md = m.FindMetadata(sym.section, target)) {
+          return Unimplemented(who() + " refers to " + md->what + " (livepatch module plumbing): not supported");
+        }
+        HV_RETURN_IF_ERROR(keep(sym.section, who));
       }
-      const std::uint64_t target = TargetOffset(sym, r);
-      if (const MetadataRange* md = m.FindMetadata(sym.section, target)) {
-        return Unimplemented(who() + " refers to " + md->what + " (livepatch module plumbing): not supported");
-      }
-      HV_RETURN_IF_ERROR(keep(sym.section, who));
     }
-  }
+    return Status::Ok();
+  };
+  HV_RETURN_IF_ERROR(drain());
 
   // Sections that point INTO copied code must be known to be safe to drop. Every refused one is
   // reported, so the author sees the whole list at once.
@@ -215,6 +244,19 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
     if (IsIgnored(sec.name) || FindPlumbing(sec.name) != nullptr) continue;
     const RefusedSection* refused = FindRefused(sec.name);
     if (refused == nullptr && IsOrdinary(sec)) continue;
+    if (options.shadow_module && IsShadowTable(sec.name)) {
+      // Placed whole when it describes copied code (kernel_tables.h finishes it after Link).
+      bool describes_copied = false;
+      for (const auto& r : sec.relocations) {
+        const ModuleSymbol& sym = syms[r.symbol];
+        if (sym.section < secs.size() && kept[sym.section] && secs[sym.section].executable()) describes_copied = true;
+      }
+      if (describes_copied) {
+        HV_RETURN_IF_ERROR(keep(s, [&] { return "section '" + sec.name + "'"; }));
+        HV_RETURN_IF_ERROR(drain());
+      }
+      continue;
+    }
     for (const auto& r : sec.relocations) {
       if (m.FindMetadata(s, r.offset) != nullptr) continue;
       const ModuleSymbol& sym = syms[r.symbol];
@@ -230,6 +272,7 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
   if (!refusals.empty()) return Unimplemented(refusals);
 
   PatchImage image;
+  image.this_module = this_module;
   for (std::uint32_t s = 0; s < secs.size(); ++s) {
     if (!kept[s]) continue;
     PlacedSection p;
@@ -249,8 +292,8 @@ Result<PatchImage> SelectImageOf(const PatchModule& m) {
 
 }  // namespace
 
-Result<PatchImage> SelectImage(const PatchModule& module) {
-  auto r = SelectImageOf(module);
+Result<PatchImage> SelectImage(const PatchModule& module, ImageOptions options) {
+  auto r = SelectImageOf(module, options);
   if (!r.ok()) return r.status().WithContext("linking patch '" + module.name() + "'");
   return r;
 }
@@ -279,6 +322,7 @@ class Linker {
     }
     for (const auto& p : image_.sections) {
       const ModuleSection& s = m_.sections()[p.section];
+      if (IsThisModule(p.section)) continue;  // written by the shadow module builder
       if (s.type != SHT_NOBITS) {
         if (s.bytes.size() != s.size) return Internal("section '" + s.name + "' has no contents");
         std::memcpy(Bytes(p) , s.bytes.data(), s.size);
@@ -294,6 +338,7 @@ class Linker {
       }
     }
     for (const auto& p : image_.sections) {
+      if (IsThisModule(p.section)) continue;
       for (const auto& r : m_.sections()[p.section].relocations) {
         if (m_.FindMetadata(p.section, r.offset) != nullptr) continue;
         Status st = Apply(p, r);
@@ -309,6 +354,7 @@ class Linker {
   }
 
  private:
+  bool IsThisModule(std::uint32_t section) const { return image_.this_module && *image_.this_module == section; }
   // O(1): Link visits every relocation.
   const PlacedSection* Placed(std::uint32_t section) const {
     return section < placed_.size() ? placed_[section] : nullptr;

@@ -23,10 +23,9 @@
 //                                                chosen untrain/SRSO thunk being patched into the
 //                                                kernel's own sites), so arena code may be less
 //                                                mitigated than the kernel's
-//   .orc_unwind, .orc_unwind_ip                  unwind tables: without them the guest's ORC
-//                                                unwinder cannot walk through arena code (oops
-//                                                backtraces and in-guest livepatch's reliable
-//                                                stacks stop there); execution is unaffected
+//   .orc_unwind, .orc_unwind_ip                  unwind tables: never copied as sections; with a
+//                                                shadow module its tables carry the entries of the
+//                                                copied code (shadow_module.h)
 //   .smp_locks                                   LOCK prefixes the kernel could drop on one CPU;
 //                                                keeping them is always correct
 //   .ibt_endbr_seal, _kprobe_blacklist           IBT sealing (off in the test kernel) and kprobe
@@ -39,10 +38,15 @@
 // .data..percpu (module per-cpu variables need per-cpu space), tracepoints, trace events,
 // dynamic debug, module parameters and exports. Any other non-standard section that points into
 // copied code is refused as unknown.
+// With ImageOptions::shadow_module (the engine's default when it has the guest's BTF), the patch's
+// struct module is placed (THIS_MODULE) and __ex_table, .altinstructions /
+// .altinstr_replacement and __bug_table are placed instead of refused: kernel_tables.h finishes
+// them and the shadow module registers them with the guest kernel (docs/shadow-module.md).
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +69,10 @@ struct PlacedSection {
 struct PatchImage {
   std::vector<PlacedSection> sections;
   std::array<std::uint64_t, kMemoryClasses> size{};  // bytes per MemoryClass
+  // With ImageOptions::shadow_module: the placed `.gnu.linkonce.this_module` section. Link
+  // leaves its bytes zero and applies none of its relocations: the shadow module builder writes
+  // the guest's struct module there (shadow_module.h), and THIS_MODULE resolves to it.
+  std::optional<std::uint32_t> this_module;
 
   const PlacedSection* Find(std::uint32_t section) const;
   // Size of a class rounded up to whole arena pages.
@@ -77,7 +85,12 @@ struct PatchImage {
 // tables, THIS_MODULE), or needs a section aligned to more than a page.
 // kInvalidArgument: a relocation of copied code points to a non-allocated section, or COMMON
 // symbols.
-Result<PatchImage> SelectImage(const PatchModule& module);
+struct ImageOptions {
+  // Place the patch's struct module (`.gnu.linkonce.this_module`) in data, so THIS_MODULE
+  // resolves, instead of refusing references to it (see shadow_module.h).
+  bool shadow_module = false;
+};
+Result<PatchImage> SelectImage(const PatchModule& module, ImageOptions options = {});
 
 // A new function at its final address.
 struct LinkedFunction {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-// Test patch that hvpatch must refuse: its new code reads user memory with unsafe_get_user(),
+// Test patch that hvpatch refuses when it cannot give the patch a shadow module (no guest BTF):
+// its new code reads user memory with unsafe_get_user(),
 // which needs an exception table entry (__ex_table) and STAC/CLAC alternatives
 // (.altinstructions). Both only work when the guest kernel registers them at module load.
 #include <linux/kernel.h>

@@ -178,5 +178,61 @@ TEST(StackCheckTest, RejectsAbsurdRegionsAndUnreadableStacks) {
   EXPECT_EQ(r->threads_scanned, 0u);
 }
 
+// Kernel edits (the shadow module's links) read the guest inside the pause, and their staged
+// words land after the physical writes and before the trampolines.
+TEST_F(CommitTest, KernelEditIsDecidedInThePauseAndWrittenBeforeTheTrampolines) {
+  const std::uint64_t word = kText + 0x2000;
+  vm_.PokeVirt(word, {41, 0, 0, 0, 0, 0, 0, 0});
+  int calls = 0;
+  plan_.kernel_edits.push_back([&](KernelWords& mem) -> Status {
+    ++calls;
+    EXPECT_EQ(vm_.PeekVirt(kOld, 5), kNop5) << "no trampoline before the edit";
+    HV_ASSIGN_OR_RETURN(std::uint64_t v, mem.Read64(word));
+    HV_RETURN_IF_ERROR(mem.Write64(word, v + 1));
+    HV_ASSIGN_OR_RETURN(std::uint64_t staged, mem.Read64(word));
+    EXPECT_EQ(staged, 42u) << "reads see the staged write";
+    EXPECT_EQ(vm_.PeekVirt(word, 1)[0], 41) << "nothing written while staging";
+    return Status::Ok();
+  });
+  Committer c(vm_, stacks_, {5, std::chrono::milliseconds(0)});
+  auto r = c.Commit(plan_);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(vm_.PeekVirt(word, 1)[0], 42);
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kJmp);
+  std::vector<std::string> names;
+  for (const auto& p : r->phases) names.push_back(p.name);
+  EXPECT_THAT(names, ::testing::Contains("kernel_edits"));
+}
+
+TEST_F(CommitTest, BusyKernelEditIsRetriedAndFinallyReportedUntouched) {
+  int calls = 0;
+  plan_.kernel_edits.push_back([&](KernelWords&) -> Status {
+    return ++calls < 2 ? Busy("the guest holds module_mutex (owner 0x1)") : Status::Ok();
+  });
+  Committer c(vm_, stacks_, {3, std::chrono::milliseconds(1)});
+  auto r = c.Commit(plan_);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->tries, 2);
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kJmp);
+
+  vm_.PokeVirt(kOld, kNop5);
+  plan_.kernel_edits = {[](KernelWords&) -> Status { return Busy("the guest holds module_mutex (owner 0x1)"); }};
+  Committer always(vm_, stacks_, {3, std::chrono::milliseconds(1)});
+  EXPECT_THAT(always.Commit(plan_), StatusIs(Code::kBusy, HasSubstr("module_mutex")));
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kNop5);
+  EXPECT_TRUE(*vm_.Running());
+}
+
+TEST_F(CommitTest, FailedKernelEditAbortsBeforeAnyWrite) {
+  plan_.phys_writes.push_back({0x1000, {1, 2, 3}, "arena page"});
+  plan_.kernel_edits.push_back([](KernelWords&) -> Status { return FailedPrecondition("the module list is corrupt"); });
+  Committer c(vm_, stacks_, {3, std::chrono::milliseconds(0)});
+  EXPECT_THAT(c.Commit(plan_), StatusIs(Code::kFailedPrecondition, HasSubstr("corrupt")));
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kNop5);
+  EXPECT_TRUE(vm_.log.empty());
+  EXPECT_TRUE(*vm_.Running());
+}
+
 }  // namespace
 }  // namespace hv::patcher
