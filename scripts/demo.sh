@@ -38,6 +38,8 @@ if [ -x "$hvpatch" ]; then
   guest "cat /proc/cmdline"
   step "Inside the guest, the agent shows it the way /sys/kernel/livepatch would"
   guest "cd /run/hvpatch/livepatch && find hvp_sample | sort && cat hvp_sample/enabled"
+  step "The guest kernel lists the patch as a module (hvpatch's shadow module: docs/shadow-module.md)"
+  guest "grep hvp_sample /proc/modules"
   step "Patches applied to this guest"
   "$hvpatch" list "$target"
   step "Reverting"
