@@ -157,7 +157,9 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
   const std::string target = (*vm)->qmp_target();
 
   // From the host: run-pre passes, the workload runs on the new code, revert.
-  for (const std::string id : {"09", "24"}) {
+  // 33's new code carries a WARN (__bug_table) and user access (__ex_table, STAC/CLAC
+  // alternatives): the shadow module (issue 11, docs/shadow-module.md) gives the guest those tables.
+  for (const std::string id : {"09", "24", "33"}) {
     SCOPED_TRACE("fix " + id);
     HvpatchRun a = Hvpatch({"apply", target, Module(id)});
     ASSERT_EQ(a.exit_code, 0) << Describe(a);
@@ -173,13 +175,6 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
     HvpatchRun rv = Hvpatch({"revert", target, "fix" + id});
     ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
     EXPECT_THAT(rv.out, HasSubstr("reverted patch 'fix" + id + "'"));
-  }
-  // ip_options_get's new code has a WARN (__bug_table): hvpatch applies that only with the shadow
-  // module (issue 11); until then it refuses by name, before any write.
-  {
-    HvpatchRun a = Hvpatch({"apply", target, Module("33")});
-    EXPECT_EQ(a.exit_code, 1) << Describe(a);
-    EXPECT_THAT(a.err, HasSubstr("function 'ip_options_get' needs section '__bug_table'"));
   }
   // lib/ is built without ftrace: ucs2_strnlen has no ftrace site to patch.
   {
