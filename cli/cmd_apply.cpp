@@ -1,4 +1,5 @@
 // hvpatch apply DOMAIN PATCH.ko: load, link, plan, and switch every function in one pause.
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/command.h"
@@ -8,6 +9,7 @@
 #include "cli/patch_set_record.h"
 #include "cli/session.h"
 #include "patcher/patch_module.h"
+#include "patcher/run_pre.h"
 
 namespace hv::cli {
 
@@ -19,12 +21,18 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   auto bytes = ReadPatchFile(args[1]);
   if (!bytes.ok()) return ReportError(o, bytes.status());
   // A malformed module is refused before anything connects to the VM.
-  if (auto module = patcher::LoadPatchModule(*bytes, args[1]); !module.ok()) {
-    return ReportError(o, module.status());
-  }
+  auto module = patcher::LoadPatchModule(*bytes, args[1]);
+  if (!module.ok()) return ReportError(o, module.status());
+  // A module built by `hvpatch build` carries its run-pre records: comparing its before code with
+  // the guest's memory is the proof that it fits this kernel (Ksplice's rule), and it names the
+  // function and offset that differ. Any other module has only its vermagic to go by.
+  const bool has_run_pre = std::any_of(module->sections().begin(), module->sections().end(),
+                                       [](const auto& s) { return s.name == patcher::kRunPreSection; });
   auto session = OpenSession(o, args[0], true);
   if (!session.ok()) return ReportError(o, session.status());
-  if (Status s = CheckBuiltFor(*bytes, args[1], (*session)->kernel->release()); !s.ok()) return ReportError(o, s);
+  if (!has_run_pre) {
+    if (Status s = CheckBuiltFor(*bytes, args[1], (*session)->kernel->release()); !s.ok()) return ReportError(o, s);
+  }
   patcher::ApplyRequest req;
   req.patch_path = args[1];
   req.module = std::move(*bytes);

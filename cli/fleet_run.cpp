@@ -128,8 +128,11 @@ FleetOutcome ClassifyFleetChild(const std::string& domain, int exit_code, const 
   r.detail = e.is_object() ? e.value("message", std::string()) : std::string();
   if (exit_code == kExitBusy) {
     r.result = "busy";
-  } else if (r.detail.find("was built for kernel") != std::string::npos) {
-    r.result = "skipped";  // another kernel build in this guest: nothing to do there
+  } else if (r.detail.find("was built for kernel") != std::string::npos ||
+             r.detail.find("run-pre: ") != std::string::npos) {
+    // Another kernel build in this guest: by vermagic, or, for a module built by `hvpatch build`,
+    // by run-pre matching (its before code is not this kernel's). Nothing to do there.
+    r.result = "skipped";
   } else {
     r.result = "failed";
   }
