@@ -206,7 +206,11 @@ std::optional<RunPreMismatch> MatchRunPreRelocations(
         StartsWith(h.target, "__x86_indirect_thunk_")) {
       continue;
     }
-    if (h.offset + h.width > guest.size()) continue;
+    // The module is untrusted input: the field's width must be the relocation type's own (at most
+    // the 8 bytes of `have` below) and lie inside the guest's bytes, without overflow.
+    const std::size_t type_width = (h.type == 1) ? 8 : (h.type == 2 || h.type == 4 || h.type == 10 || h.type == 11) ? 4 : 0;
+    if (type_width == 0 || h.width != type_width) continue;
+    if (h.offset > guest.size() || guest.size() - h.offset < h.width) continue;
     bool in_volatile = false;
     for (const auto& v : f.volatiles) {
       if (h.offset < v.offset + v.length && v.offset < h.offset + h.width) in_volatile = true;
