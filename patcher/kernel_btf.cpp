@@ -62,6 +62,18 @@ Result<KernelBtf> KernelBtf::Parse(std::span<const std::uint8_t> blob) {
     return InvalidArgument("BTF of " + std::to_string(blob.size()) + " bytes exceeds the limit of " +
                            std::to_string(kMaxBlobBytes));
   }
+  // The type section must start 4-byte aligned, as the kernel's own BTF loader requires
+  // (btf_parse_hdr: "Unsupported type_off alignment"): libbpf reads struct btf_type in place, so an
+  // unaligned section from a hostile guest would be undefined behaviour (found by libFuzzer).
+  if (blob.size() >= 24) {
+    std::uint32_t hdr_len = 0, type_off = 0;
+    std::memcpy(&hdr_len, blob.data() + 4, sizeof hdr_len);
+    std::memcpy(&type_off, blob.data() + 8, sizeof type_off);
+    if ((static_cast<std::uint64_t>(hdr_len) + type_off) % 4 != 0) {
+      return InvalidArgument("malformed BTF: type section at offset " + std::to_string(hdr_len) + "+" +
+                             std::to_string(type_off) + " is not 4-byte aligned");
+    }
+  }
   errno = 0;
   struct btf* b = btf__new(blob.data(), static_cast<std::uint32_t>(blob.size()));
   const long err = libbpf_get_error(b);
