@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "status_matchers.h"
+#include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 #include "vmm/page_walk.h"
@@ -153,32 +154,12 @@ class KvmGuestTest : public ::testing::Test {
 
   // Kernel text read from the host side through our own QEMU connection (not through hvpatch).
   static std::vector<std::uint8_t> KernelBytes(std::uint64_t va, std::size_t n) {
-    std::vector<std::uint8_t> out(n);
-    auto vm = vmm::Open(Domain());
-    if (!vm.ok()) {
-      ADD_FAILURE() << "opening L2: " << vm.status().message();
+    auto bytes = ::hv::testing::ReadKernelText(Domain(), va, n);
+    if (!bytes.ok()) {
+      ADD_FAILURE() << "reading L2 kernel text: " << bytes.status().message();
       return {};
     }
-    for (int attempt = 0; attempt < 20; ++attempt) {
-      if (Status s = (*vm)->Pause(); !s.ok()) {
-        ADD_FAILURE() << s.message();
-        return {};
-      }
-      auto vcpus = (*vm)->VcpuStates();
-      Status read = Internal("no vCPU in kernel mode");
-      if (vcpus.ok()) {
-        for (const auto& v : *vcpus) {
-          if (!v.in_kernel() || !(v.cr0 & (1u << 31))) continue;
-          read = vmm::ReadVirt(**vm, {v.cr3, v.la57(), ((v.efer >> 11) & 1) != 0}, va, out);
-          break;
-        }
-      }
-      EXPECT_THAT((*vm)->Resume(), IsOk());
-      if (read.ok()) return out;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "could not read L2 kernel text at " << std::hex << va;
-    return {};
+    return std::move(*bytes);
   }
 
   static void WaitSleeping(const std::string& pid) {

@@ -1,5 +1,7 @@
 #include "tests/integration/lifecycle/lifecycle_support.h"
 
+#include "tests/harness/kernel_text.h"
+
 #include <gmock/gmock.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -109,33 +111,12 @@ std::uint64_t LifecycleFixture::KallsymsAddress(const std::string& name) {
 }
 
 std::vector<std::uint8_t> LifecycleFixture::KernelBytes(std::uint64_t va, std::size_t n) {
-  std::vector<std::uint8_t> out(n);
-  auto vm = vmm::Open(Domain());
-  if (!vm.ok()) {
-    ADD_FAILURE() << "opening the VM: " << vm.status().message();
+  auto bytes = ::hv::testing::ReadKernelText(Domain(), va, n);
+  if (!bytes.ok()) {
+    ADD_FAILURE() << "reading kernel memory: " << bytes.status().message();
     return {};
   }
-  // A vCPU in kernel mode has the kernel mapped (a user-mode one may be on a PTI table).
-  for (int attempt = 0; attempt < 20; ++attempt) {
-    if (Status s = (*vm)->Pause(); !s.ok()) {
-      ADD_FAILURE() << s.message();
-      return {};
-    }
-    auto vcpus = (*vm)->VcpuStates();
-    Status read = Internal("no vCPU in kernel mode");
-    if (vcpus.ok()) {
-      for (const auto& v : *vcpus) {
-        if (!v.in_kernel() || !(v.cr0 & (1u << 31))) continue;
-        read = vmm::ReadVirt(**vm, {v.cr3, v.la57(), ((v.efer >> 11) & 1) != 0}, va, out);
-        break;
-      }
-    }
-    EXPECT_THAT((*vm)->Resume(), IsOk());
-    if (read.ok()) return out;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ADD_FAILURE() << "could not read kernel memory at " << std::hex << va;
-  return {};
+  return std::move(*bytes);
 }
 
 std::string LifecycleFixture::ArenaBytes() const {

@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "status_matchers.h"
+#include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 #include "vmm/page_walk.h"
@@ -179,32 +180,12 @@ class PatchIntegrationTest : public ::testing::Test {
   // Kernel text read from the host through our own connection to QEMU (no hvpatch involved),
   // with the page tables of a vCPU in kernel mode (a user-mode vCPU may be on a PTI table).
   static std::vector<std::uint8_t> KernelBytes(std::uint64_t va, std::size_t n) {
-    std::vector<std::uint8_t> out(n);
-    auto vm = vmm::Open(Domain());
-    if (!vm.ok()) {
-      ADD_FAILURE() << "opening the VM: " << vm.status().message();
+    auto bytes = ::hv::testing::ReadKernelText(Domain(), va, n);
+    if (!bytes.ok()) {
+      ADD_FAILURE() << "reading kernel text: " << bytes.status().message();
       return {};
     }
-    for (int attempt = 0; attempt < 20; ++attempt) {
-      if (Status s = (*vm)->Pause(); !s.ok()) {
-        ADD_FAILURE() << s.message();
-        return {};
-      }
-      auto vcpus = (*vm)->VcpuStates();
-      Status read = Internal("no vCPU in kernel mode");
-      if (vcpus.ok()) {
-        for (const auto& v : *vcpus) {
-          if (!v.in_kernel() || !(v.cr0 & (1u << 31))) continue;
-          read = vmm::ReadVirt(**vm, {v.cr3, v.la57(), ((v.efer >> 11) & 1) != 0}, va, out);
-          break;
-        }
-      }
-      EXPECT_THAT((*vm)->Resume(), IsOk());
-      if (read.ok()) return out;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "could not read kernel text at " << std::hex << va;
-    return {};
+    return std::move(*bytes);
   }
 
   // A QMP command on our own connection, as an operator would send it (e.g. "stop").
