@@ -8,6 +8,7 @@
 
 #include "base/hex.h"
 #include "patcher/arena_layout.h"
+#include "patcher/direct_map_alias.h"
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/plan.h"
@@ -19,6 +20,15 @@ namespace {
 // The kernel-image window: __START_KERNEL_map. One PMD table maps its 1 GiB in 2 MiB entries.
 constexpr std::uint64_t kKernelImageBase = 0xffffffff80000000ull;
 constexpr std::uint64_t kSlot = 2ull << 20;
+// Arena owner of data runs the guest kernel keeps pointers to for good (static key tombstones,
+// static_keys.h). Patch names are module names, which never contain '-'.
+constexpr std::string_view kStaticKeyKeeper = "hvpatch-key-tombstones";
+
+// Frees `name`'s arena runs, except its data when the unlink left a tombstone there.
+Status FreePatchRuns(ArenaLayout& layout, const std::string& name, const std::shared_ptr<bool>& keep_data) {
+  if (keep_data && *keep_data) HV_RETURN_IF_ERROR(layout.Transfer(name, MemoryClass::kData, kStaticKeyKeeper));
+  return layout.Free(name);
+}
 
 
 std::uint64_t ReadQ(const std::vector<std::uint8_t>& b) {
@@ -71,7 +81,8 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   return out;
 }
 
-std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout) {
+std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
+                                                        std::shared_ptr<bool> keep_data) {
   // The shadow module, if the patch has one linked, lies in its data runs: found and unlinked
   // inside the pause (a patch applied without one has none to find). A kernel whose layout
   // cannot be read gave none at apply either.
@@ -86,10 +97,15 @@ std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name,
     }
   }
   if (runs.empty()) return std::nullopt;
-  return KernelEdit([l = *shadow, runs](KernelWords& mem) -> Status {
+  return KernelEdit([l = *shadow, runs, keep_data](KernelWords& mem) -> Status {
     for (const auto& [begin, end] : runs) {
       HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, l, begin, end));
-      if (mod != 0) return UnlinkShadowModule(mem, l, mod).WithContext("unlinking the shadow module");
+      if (mod != 0) {
+        bool keep = false;
+        Status s = UnlinkShadowModule(mem, l, mod, &keep).WithContext("unlinking the shadow module");
+        if (keep_data) *keep_data = s.ok() && keep;  // the last try's decision is the one written
+        return s;
+      }
     }
     return Status::Ok();
   });
@@ -328,6 +344,12 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     HV_ASSIGN_OR_RETURN(shadow, ShadowModuleLayout::Read(*btf, kernel_));
     options.shadow = &*shadow;
     HV_ASSIGN_OR_RETURN(options.cpu, ReadCpuFeatures(*btf));
+    options.read_key = [this, off = shadow->keys.key_enabled](std::uint64_t key) -> Result<std::int32_t> {
+      HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(key + off, 4));
+      std::int32_t v;
+      std::memcpy(&v, raw.data(), 4);
+      return v;
+    };
   }
   HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout, options));
 
@@ -425,6 +447,29 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   for (const auto& lf : record.functions) {
     plan.code_writes.push_back({lf.site, lf.original, lf.trampoline, "trampoline of '" + lf.name + "'"});
   }
+  if (planned.jump_table.count != 0) {
+    // The guest's own text_poke() rewrites these sites when it switches a key: it must be able
+    // to walk to arena code (direct_map_alias.h).
+    if (mode.la57) return Unimplemented("static keys in patches on a guest with 5-level paging: not supported");
+    DirectMapAlias alias{0, 0, layout->base_gpa(), layout->size(), 0};
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol pob, kernel_.Resolve("page_offset_base", "vmlinux", 0));
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(pob.address, 8));
+    alias.page_offset_base = ReadQ(raw);
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol pgd, kernel_.Resolve("init_top_pgt", "vmlinux", 0));
+    alias.pgd_va = pgd.address;
+    HV_ASSIGN_OR_RETURN(std::vector<PhysWrite> writes, PlanDirectMapAlias(planned.arena_after, &alias));
+    plan.phys_writes.insert(plan.phys_writes.end(), writes.begin(), writes.end());
+    if ((mapping.pmd_entry & vmm::pte::kDirty) == 0) {
+      // Mapped by an hvpatch that did not set D: the kernel's walk refuses such a table entry.
+      mapping.pmd_entry |= vmm::pte::kDirty;
+      std::vector<std::uint8_t> e(8);
+      std::memcpy(e.data(), &mapping.pmd_entry, 8);
+      plan.phys_writes.push_back({mapping.pmd_entry_gpa, e, "arena PMD entry (with D)"});
+    }
+    plan.kernel_edits.push_back([alias](KernelWords& mem) {
+      return LinkDirectMapAlias(mem, alias).WithContext("mapping the arena into the guest's direct map");
+    });
+  }
   if (planned.shadow) {
     // The module is linked where a module load links it, before its code becomes reachable. Its
     // own pages are written in the same pause (their PTEs too): the edit reads them from the plan.
@@ -437,9 +482,10 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     }
     if (data == nullptr) return Internal("the shadow module is not in the patch's data pages");
     plan.kernel_edits.push_back(
-        [l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes](KernelWords& mem) {
+        [l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes,
+         keys = planned.jump_table.enabled](KernelWords& mem) {
           OverlayKernelWords arena(mem, run, bytes);
-          return LinkShadowModule(arena, l, va).WithContext("linking the shadow module");
+          return LinkShadowModule(arena, l, va, keys).WithContext("linking the shadow module");
         });
   }
 
@@ -543,7 +589,8 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
-  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
+  auto keep_data = std::make_shared<bool>(false);
+  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout, keep_data)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
   bool wrote = false;
   auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
@@ -562,7 +609,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     return committed.status();
   }
   result.commit = *committed;
-  HV_RETURN_IF_ERROR(layout->Free(request.name));
+  HV_RETURN_IF_ERROR(FreePatchRuns(*layout, request.name, keep_data));
   ledger.arena.layout = layout->Serialize();
   ledger.patches.erase(ledger.patches.begin() + (patch - ledger.patches.data()));
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
@@ -636,8 +683,9 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
     }
     auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
     // A link made in the interrupted pause goes too (nothing to do when there is none).
+    auto keep_data = std::make_shared<bool>(false);
     if (layout.ok()) {
-      if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
+      if (auto unlink = ShadowUnlinkEdit(p.name, *layout, keep_data)) undo.kernel_edits.push_back(std::move(*unlink));
     }
     if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
       // Partly switched: put the rest back, with the same stack check as a revert.
@@ -645,7 +693,7 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
       auto r = committer.Commit(undo);
       if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
     }
-    if (layout.ok() && layout->Free(p.name).ok()) ledger.arena.layout = layout->Serialize();
+    if (layout.ok() && FreePatchRuns(*layout, p.name, keep_data).ok()) ledger.arena.layout = layout->Serialize();
     notes.push_back("recovered patch '" + p.name + "' interrupted while " +
                     (was_applying ? "applying" : "reverting") + ": fully reverted");
     ledger.patches.erase(ledger.patches.begin() + static_cast<long>(i));

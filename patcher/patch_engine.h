@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -140,8 +141,11 @@ class PatchEngine {
  private:
   Result<Ledger> LoadLedger();
   // The kernel edit that unlinks the shadow module of patch `name` (in its data runs of
-  // `layout`), or none when this kernel gives patches no shadow module.
-  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
+  // `layout`), or none when this kernel gives patches no shadow module. `*keep_data` is set when
+  // the unlink left a static key tombstone in the patch's data (static_keys.h): the caller then
+  // hands those runs to kStaticKeyKeeper instead of freeing them.
+  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
+                                             std::shared_ptr<bool> keep_data = nullptr);
   // The guest's boot_cpu_data.x86_capability, for alternatives.
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already

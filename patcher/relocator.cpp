@@ -31,7 +31,6 @@ constexpr RefusedSection kRefused[] = {
     {".altinstr_replacement", "alternative replacement code", false},
     {".altinstr_aux", "alternatives", false},
     {"__jump_table", "static keys", false},
-    {".static_call_sites", "static calls", false},
     {".static_call.text", "static call trampolines", false},
     {".parainstructions", "paravirt patch sites", false},
     {"__bug_table", "BUG/WARN table", false},
@@ -50,7 +49,7 @@ constexpr RefusedSection kRefused[] = {
 // Metadata for an in-guest loader that is safe to drop (see relocator.h).
 constexpr std::string_view kIgnored[] = {
     "__mcount_loc", "__patchable_function_entries", ".return_sites", ".retpoline_sites",
-    ".call_sites", ".orc_unwind", ".orc_unwind_ip", ".smp_locks", ".ibt_endbr_seal",
+    ".call_sites", ".static_call_sites", ".orc_unwind", ".orc_unwind_ip", ".smp_locks", ".ibt_endbr_seal",
     "_kprobe_blacklist",
 };
 
@@ -96,7 +95,9 @@ bool IsOrdinary(const ModuleSection& s) {
   return n.size() >= 5 && n.substr(n.size() - 5) == ".text";  // .sched.text, .noinstr.text...
 }
 
-bool IsPcRelative(std::uint32_t type) { return type == R_X86_64_PC32 || type == R_X86_64_PLT32; }
+bool IsPcRelative(std::uint32_t type) {
+  return type == R_X86_64_PC32 || type == R_X86_64_PLT32 || type == R_X86_64_PC64;
+}
 
 std::string RelocationTypeName(std::uint32_t type) {
   static const char* const kNames[] = {
@@ -162,7 +163,7 @@ constexpr std::string_view kThisModule = ".gnu.linkonce.this_module";
 // Tables the shadow module makes work (kernel_tables.h): placed and finished by hvpatch, no
 // longer refused when the patch gets a shadow module.
 constexpr std::string_view kShadowTables[] = {"__ex_table", ".altinstructions", ".altinstr_replacement",
-                                             "__bug_table"};
+                                             "__bug_table", "__jump_table"};
 bool IsShadowTable(std::string_view name) {
   return std::find(std::begin(kShadowTables), std::end(kShadowTables), name) != std::end(kShadowTables);
 }
@@ -419,7 +420,7 @@ class Linker {
     const std::function<std::string()> who = [&] { return m_.DescribePlace(p.section, r.offset); };
     std::size_t width;
     switch (r.type) {
-      case R_X86_64_64: width = 8; break;
+      case R_X86_64_64: case R_X86_64_PC64: width = 8; break;
       case R_X86_64_PC32: case R_X86_64_PLT32: case R_X86_64_32: case R_X86_64_32S: width = 4; break;
       default:
         return InvalidArgument("unsupported relocation type " + RelocationTypeName(r.type) + " in " + who());
@@ -450,6 +451,11 @@ class Linker {
       case R_X86_64_64:
         std::memcpy(at, &sa, 8);
         break;
+      case R_X86_64_PC64: {  // __jump_table's key field (_ASM_PTR "key + branch - .")
+        const std::uint64_t rel = sa - place;
+        std::memcpy(at, &rel, 8);
+        break;
+      }
       case R_X86_64_PC32:
       case R_X86_64_PLT32: {
         const auto rel = static_cast<std::int64_t>(sa - place);
