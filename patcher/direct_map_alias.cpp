@@ -1,6 +1,7 @@
 #include "patcher/direct_map_alias.h"
 
 #include <cstring>
+#include <string>
 
 #include "base/hex.h"
 #include "vmm/page_walk.h"
@@ -32,12 +33,18 @@ std::vector<std::uint8_t> DirectMapPmdTable(const DirectMapAlias& a) {
 Status LinkDirectMapAlias(KernelWords& mem, const DirectMapAlias& a) {
   for (std::uint64_t slot = a.arena_gpa & ~(k2M - 1); slot < a.arena_gpa + a.arena_size; slot += k2M) {
     const std::uint64_t va = a.page_offset_base + slot;
-    HV_ASSIGN_OR_RETURN(std::uint64_t pgd, mem.Read64(a.pgd_va + 8 * Index(va, 39)));
-    if ((pgd & pte::kPresent) == 0) {
-      return Unimplemented("the guest's direct map has no PGD entry for " + Hex(va) +
-                           " (the arena at " + Hex(slot) + "): a new one would not reach running processes");
+    // The top levels must exist: PGD (and P4D with 5 levels) entries are what a new process
+    // copies, so one added now would not reach running processes.
+    std::uint64_t table_va = a.pgd_va;
+    for (int shift = a.la57 ? 48 : 39; shift >= 39; shift -= 9) {
+      HV_ASSIGN_OR_RETURN(std::uint64_t e, mem.Read64(table_va + 8 * Index(va, shift)));
+      if ((e & pte::kPresent) == 0 || (e & pte::kHuge)) {
+        return Unimplemented("the guest's direct map has no " + std::string(shift == 48 ? "PGD" : a.la57 ? "P4D" : "PGD") +
+                             " table entry for " + Hex(va) + " (the arena at " + Hex(slot) + ")");
+      }
+      table_va = a.page_offset_base + (e & pte::kAddrMask);
     }
-    const std::uint64_t pud_va = a.page_offset_base + (pgd & pte::kAddrMask) + 8 * Index(va, 30);
+    const std::uint64_t pud_va = table_va + 8 * Index(va, 30);
     HV_ASSIGN_OR_RETURN(std::uint64_t pud, mem.Read64(pud_va));
     if ((pud & pte::kPresent) == 0) {
       // The whole GiB is ours to describe: hang our table in (it holds every slot's leaf).

@@ -38,7 +38,8 @@ inline constexpr std::string_view kDirectMapOwner = "hvpatch-direct-map";
 
 struct DirectMapAlias {
   std::uint64_t page_offset_base = 0;  // the guest's (KASLR) direct map base
-  std::uint64_t pgd_va = 0;            // init_top_pgt
+  std::uint64_t pgd_va = 0;            // init_top_pgt (the PML5 table with `la57`)
+  bool la57 = false;                   // 5-level paging (CR4.LA57)
   std::uint64_t arena_gpa = 0, arena_size = 0;
   std::uint64_t table_gpa = 0;  // the arena page that holds our PMD table
 };
@@ -49,9 +50,9 @@ std::vector<std::uint8_t> DirectMapPmdTable(const DirectMapAlias& a);
 
 // In the pause: makes page_offset_base + [arena_gpa, arena_gpa + size) map the arena (read-only)
 // in the guest's direct map, writing only entries that are not present. Nothing to do when it
-// is there already. Errors: kUnimplemented when the direct map has no PGD entry for it (a new
-// PGD entry would not reach the page tables of running processes) or a 2 MiB slot of it is
-// mapped to something else; memory errors.
+// is there already. Errors: kUnimplemented when the direct map has no PGD (or, with 5 levels,
+// P4D) entry for it (a new top-level entry would not reach the page tables of running
+// processes), or a 2 MiB slot of it is mapped to something else; memory errors.
 Status LinkDirectMapAlias(KernelWords& mem, const DirectMapAlias& a);
 
 // For the engine: when `layout` has no alias page yet, allocates it (kDirectMapOwner, rodata)

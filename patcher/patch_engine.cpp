@@ -450,8 +450,7 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   if (planned.jump_table.count != 0) {
     // The guest's own text_poke() rewrites these sites when it switches a key: it must be able
     // to walk to arena code (direct_map_alias.h).
-    if (mode.la57) return Unimplemented("static keys in patches on a guest with 5-level paging: not supported");
-    DirectMapAlias alias{0, 0, layout->base_gpa(), layout->size(), 0};
+    DirectMapAlias alias{0, 0, mode.la57, layout->base_gpa(), layout->size(), 0};
     HV_ASSIGN_OR_RETURN(ResolvedSymbol pob, kernel_.Resolve("page_offset_base", "vmlinux", 0));
     HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(pob.address, 8));
     alias.page_offset_base = ReadQ(raw);
