@@ -1,5 +1,6 @@
 #include "patcher/relocator.h"
 
+#include <capstone/capstone.h>
 #include <elf.h>
 
 #include <algorithm>
@@ -367,7 +368,44 @@ class Linker {
     return out_.base[static_cast<std::size_t>(p.memory)] + p.offset;
   }
 
-  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r,
+  // True when the 4 bytes at `offset` of code section `section` belong to an instruction with a
+  // %gs segment prefix and a RIP-relative memory operand (`mov %gs:cpu_number(%rip), %eax`, as
+  // this_cpu_read() and every tracepoint's cpu_online() check compile): the CPU adds the per-cpu
+  // base to rip + disp, so disp must be the per-cpu offset minus the next rip, which is what a
+  // PC32 relocation computes (modulo 2^64; both lie within 2 GiB of 0).
+  bool GsRelative(std::uint32_t section, std::uint64_t offset) const {
+    const ModuleSection& s = m_.sections()[section];
+    if (!s.executable() || s.bytes.size() != s.size) return false;
+    const ModuleSymbol* fn = nullptr;
+    for (const auto& sym : m_.symbols()) {
+      if (sym.section == section && sym.type == STT_FUNC && sym.value <= offset && offset - sym.value < sym.size) fn = &sym;
+    }
+    if (fn == nullptr) return false;
+    csh h;
+    if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return false;
+    cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);
+    cs_insn* insn = cs_malloc(h);
+    const std::uint8_t* code = s.bytes.data() + fn->value;
+    std::size_t size = std::min<std::uint64_t>(fn->size, s.size - fn->value);
+    std::uint64_t address = fn->value;
+    bool gs = false;
+    while (address <= offset && cs_disasm_iter(h, &code, &size, &address, insn)) {
+      if (insn->address <= offset && offset + 4 <= insn->address + insn->size) {
+        const cs_x86& x = insn->detail->x86;
+        bool rip = false;
+        for (std::uint8_t i = 0; i < x.op_count; ++i) {
+          if (x.operands[i].type == X86_OP_MEM && x.operands[i].mem.base == X86_REG_RIP) rip = true;
+        }
+        gs = rip && x.prefix[1] == X86_PREFIX_GS;
+        break;
+      }
+    }
+    cs_free(insn, 1);
+    cs_close(&h);
+    return gs;
+  }
+
+  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r, std::uint32_t section,
                                     const std::function<std::string()>& who) {
     if (sym.section == SHN_ABS) return sym.value;
     if (sym.section == SHN_UNDEF || sym.section == kShnLivepatch) {
@@ -401,7 +439,7 @@ class Linker {
         if (!rs.ok()) return rs.status().WithContext(who() + " refers to '" + name + "'");
         it = cache_.emplace(key, *rs).first;
       }
-      if (it->second.per_cpu && IsPcRelative(r.type)) {
+      if (it->second.per_cpu && IsPcRelative(r.type) && !(r.type == R_X86_64_PC32 && GsRelative(section, r.offset))) {
         return InvalidArgument(who() + " refers to per-cpu symbol '" + name + "' with a PC-relative " +
                                RelocationTypeName(r.type) + " relocation");
       }
@@ -441,7 +479,7 @@ class Linker {
       ++out_.fentry_nops;
       return Status::Ok();
     }
-    HV_ASSIGN_OR_RETURN(const std::uint64_t value, SymbolValue(sym, r, who));
+    HV_ASSIGN_OR_RETURN(const std::uint64_t value, SymbolValue(sym, r, p.section, who));
     const std::uint64_t sa = value + static_cast<std::uint64_t>(r.addend);
     auto overflow = [&](std::string_view kind) {
       return InvalidArgument(RelocationTypeName(r.type) + " to '" + SymbolName(m_, sym) + "' in " + who() + " overflows (" +

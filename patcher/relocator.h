@@ -119,11 +119,13 @@ struct LinkedPatch {
 // of the copied sections: R_X86_64_64, PC64, PC32, PLT32, 32, 32S (overflow checked for the 32-bit
 // kinds). Symbols defined in the module resolve to their new address; undefined ones through
 // `resolver` with object "" (any object, non-exported included), livepatch's `.klp.sym.OBJ.NAME,POS`
-// symbols with that object and position. Per-cpu symbols resolve to their per-cpu offset.
+// symbols with that object and position. Per-cpu symbols resolve to their per-cpu offset; a
+// PC-relative reference to one is only taken in a %gs-prefixed RIP-relative operand.
 // `call __fentry__` becomes the 5-byte nop 0f 1f 44 00 00.
 // Errors (prefixed "linking patch 'NAME'"): kInvalidArgument for an unsupported relocation type
 // ("section '.rela.text' entry 12: unsupported relocation type R_X86_64_GOTPCREL"), an overflow
-// (e.g. a PC-relative reference to a per-cpu symbol, or the arena out of rel32 reach), a
+// (e.g. a PC-relative reference to a per-cpu symbol outside a %gs operand, or the arena out of
+// rel32 reach), a
 // relocation that does not fit its section; the resolver's kNotFound / kInvalidArgument with the
 // symbol and the function that refers to it.
 Result<LinkedPatch> Link(const PatchModule& module, const PatchImage& image,

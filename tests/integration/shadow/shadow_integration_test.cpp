@@ -77,13 +77,14 @@ class ShadowIntegrationTest : public ::testing::Test {
   }
   void Cleanup() {
     // Leave the guest as the next test expects it: nothing applied, nothing loaded.
-    for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn", "hvp_static_key", "livepatch_sample",
+    for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn", "hvp_static_key", "hvp_static_call", "livepatch_sample",
                              "livepatch_shadow_fix2", "livepatch_shadow_fix1"}) {
       HvpatchRun r = Hv({"revert", Domain(), name});
       (void)r;
     }
     (void)guest_->Check("echo 0 > /proc/sys/net/core/rps_sock_flow_entries; "
-                        "for p in hvp_static_key hvp_static_key_version; do "
+                        "echo 0 > /sys/kernel/tracing/events/power/cpu_frequency/enable; "
+                        "for p in hvp_static_key hvp_static_key_version hvp_static_call; do "
                         "[ -e /sys/kernel/livepatch/$p ] && echo 0 > /sys/kernel/livepatch/$p/enabled; "
                         "for i in $(seq 50); do [ -e /sys/kernel/livepatch/$p ] || break; sleep 0.2; done; "
                         "rmmod $p 2>/dev/null; done; true");
@@ -142,7 +143,9 @@ class ShadowIntegrationTest : public ::testing::Test {
     std::uint64_t key = 0;
     std::int32_t enabled = 0;
   };
-  static KeyView RfsNeeded() {
+  static KeyView RfsNeeded() { return KeyOf("rfs_needed", "", ""); }
+  // The static key at `symbol` (+ the offset of `member` in `type`, when given).
+  static KeyView KeyOf(const std::string& symbol, const std::string& type, const std::string& member) {
     KeyView out;
     auto vm = vmm::Open(Domain());
     if (!vm.ok()) {
@@ -159,16 +162,20 @@ class ShadowIntegrationTest : public ::testing::Test {
       opts.walk_tasks = false;
       HV_ASSIGN_OR_RETURN(auto kernel, patcher::GuestKernel::Build(**vm, vcpus, opts));
       HV_ASSIGN_OR_RETURN(auto layout, patcher::StaticKeyLayout::Read(kernel->btf(), *kernel));
-      HV_ASSIGN_OR_RETURN(auto key, kernel->Resolve("rfs_needed", "vmlinux", 0));
+      HV_ASSIGN_OR_RETURN(auto sym, kernel->Resolve(symbol, "vmlinux", 0));
+      std::uint64_t off = 0;
+      if (!type.empty()) {
+        HV_ASSIGN_OR_RETURN(off, kernel->btf().Offset(type, member));
+      }
       patcher::VmKernelWords mem(**vm, kernel->paging());
-      out.key = key.address;
-      HV_ASSIGN_OR_RETURN(std::uint32_t enabled, mem.Read32(key.address + layout.key_enabled));
+      out.key = sym.address + off;
+      HV_ASSIGN_OR_RETURN(std::uint32_t enabled, mem.Read32(out.key + layout.key_enabled));
       out.enabled = static_cast<std::int32_t>(enabled);
-      HV_ASSIGN_OR_RETURN(out.state, patcher::ReadStaticKey(mem, layout, key.address));
+      HV_ASSIGN_OR_RETURN(out.state, patcher::ReadStaticKey(mem, layout, out.key));
       return Status::Ok();
     }();
     EXPECT_THAT((*vm)->Resume(), IsOk());
-    if (!read.ok()) ADD_FAILURE() << "reading rfs_needed: " << read.message();
+    if (!read.ok()) ADD_FAILURE() << "reading the static key " << symbol << ": " << read.message();
     return out;
   }
   static bool Linked(const KeyView& k) { return (k.state.type & 2) != 0; }
@@ -460,6 +467,50 @@ TEST_F(ShadowIntegrationTest, StaticKeyRevertLeavesATombstoneWhenTheGuestJoinedT
   HvpatchRun revert2 = Hv({"revert", Domain(), "hvp_static_key"});
   ASSERT_EQ(revert2.exit_code, 0) << Describe(revert2);
   EXPECT_EQ(RfsNeeded().state, left.state);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+}
+
+// A static call in new code (issue 11: static calls): a tracepoint call is a static branch on the
+// tracepoint's key around an inline static call. hvpatch leaves the patch's static call sites to
+// the trampoline; enabling the event in the guest switches the key (the patch's site with it)
+// and retargets the static call with static_call_update(): the event fired by the new code must
+// reach the trace buffer, as with an in-guest insmod, and stop when the event is disabled.
+TEST_F(ShadowIntegrationTest, StaticCallInNewCodeReachesTheTargetTheGuestSets) {
+  const std::string events = "/sys/kernel/tracing/events/power/cpu_frequency/enable";
+  const std::string count = "grep -c 'cpu_frequency: state=4242 cpu_id=7' /sys/kernel/tracing/trace || true";
+  Guest("echo 0 > " + events + "; echo > /sys/kernel/tracing/trace");
+  const KeyView before = KeyOf("__tracepoint_cpu_frequency", "tracepoint", "key");
+  ASSERT_NE(before.key, 0u);
+  ASSERT_EQ(before.enabled, 0);
+
+  HvpatchRun apply = Hv({"apply", Domain(), testing::PatchModule("hvp_static_call")});
+  ASSERT_EQ(apply.exit_code, 0) << Describe(apply);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "0") << "the event is off: the branch skips the call";
+  Guest("echo 1 > " + events);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "1") << Guest("cat /sys/kernel/tracing/trace | tail -5");
+  Guest("echo 0 > " + events);
+  Guest("cat /proc/cmdline");
+  EXPECT_EQ(Trim(Guest(count)), "1");
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+
+  HvpatchRun revert = Hv({"revert", Domain(), "hvp_static_call"});
+  ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(KeyOf("__tracepoint_cpu_frequency", "tracepoint", "key").state, before.state);
+
+  // The oracle: in-guest insmod, same trace.
+  Guest("echo > /sys/kernel/tracing/trace; insmod /patches/hvp_static_call.ko");
+  Guest("cat /proc/cmdline");
+  EXPECT_EQ(Trim(Guest(count)), "0");
+  Guest("echo 1 > " + events);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "1");
+  Guest("echo 0 > " + events + "; echo 0 > /sys/kernel/livepatch/hvp_static_call/enabled; "
+        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_static_call ] || break; sleep 0.2; done; "
+        "rmmod hvp_static_call");
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
   EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
 }
 
