@@ -280,12 +280,17 @@ Status UnlinkStaticKeys(KernelWords& mem, const StaticKeyLayout& l, std::uint64_
     const std::uint64_t key = keys[k];
     const std::uint64_t own = nodes_va + 2 * k * l.node_size;
     const std::uint64_t vm = own + l.node_size;
+    // A key without our node was never linked to this module: LinkStaticKeys writes the key
+    // word after the nodes, so an apply that died in the middle of its writes leaves each key
+    // either untouched or linked (crash recovery undoes such an apply with this function).
     HV_ASSIGN_OR_RETURN(std::uint64_t type, mem.Read64(key + l.key_type));
-    if ((type & kTypeLinked) == 0) return FailedPrecondition("static key " + Hex(key) + " is not linked");
+    if ((type & kTypeLinked) == 0) continue;
     HV_ASSIGN_OR_RETURN(std::vector<Node> nodes, Nodes(mem, l, key, type));
     auto it = std::find_if(nodes.begin(), nodes.end(), [&](const Node& n) { return n.va == own; });
-    if (it == nodes.end() || it->mod != module_va) {
-      return FailedPrecondition("static key " + Hex(key) + " does not list the shadow module's node " + Hex(own));
+    if (it == nodes.end()) continue;
+    if (it->mod != module_va) {
+      return FailedPrecondition("static key " + Hex(key) + " lists node " + Hex(own) + " of the shadow module at " +
+                                Hex(module_va) + " for module " + Hex(it->mod));
     }
     if (it->entries == 0) continue;  // a tombstone already (an interrupted revert's)
     std::vector<Node> others;

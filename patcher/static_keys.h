@@ -84,8 +84,9 @@ Status LinkStaticKeys(KernelWords& mem, const StaticKeyLayout& l, std::uint64_t 
 
 // In the pause: undoes LinkStaticKeys (see the file comment). `*keep_memory` becomes true when a
 // tombstone was left (the shadow module's data must then never be freed), false otherwise.
-// Errors: kBusy (jump_label_mutex held); kFailedPrecondition for a key that is not linked or
-// whose list does not hold our node; memory errors.
+// A key whose list does not hold our node is left alone (never linked: e.g. an apply that died
+// before its writes reached the key). Errors: kBusy (jump_label_mutex held);
+// kFailedPrecondition for a corrupt list (cyclic, or our node naming another module); memory errors.
 Status UnlinkStaticKeys(KernelWords& mem, const StaticKeyLayout& l, std::uint64_t module_va, std::uint64_t nodes_va,
                         bool* keep_memory);
 

@@ -294,15 +294,23 @@ TEST_F(KeyLinkTest, AGuestNodeBesideOursLeavesATombstoneTheGuestNeverFrees) {
   EXPECT_EQ(Key(), tomb);
 }
 
-TEST_F(KeyLinkTest, UnlinkOfAKeyWithoutOurNodeIsRefused) {
-  bool keep = false;
-  EXPECT_THAT(UnlinkStaticKeys(mem_, l_, kModule, kNodes, &keep),
-              StatusIs(Code::kFailedPrecondition, HasSubstr("is not linked")));
+TEST_F(KeyLinkTest, UnlinkLeavesKeysWithoutOurNodeAlone) {
+  bool keep = true;
+  const StaticKeyState unlinked = Key();
+  ASSERT_THAT(UnlinkStaticKeys(mem_, l_, kModule, kNodes, &keep), IsOk());
+  EXPECT_FALSE(keep);
+  EXPECT_EQ(Key(), unlinked);
   Node(kGuest + 0x40, 0, kKeyEntries, 0);
   mem_.Set64(kKey + l_.key_type, (kGuest + 0x40) | 2 | 1);
   GuestJoins(kGuest, 0xffffffffc0001000ull);
+  const StaticKeyState linked = Key();
+  ASSERT_THAT(UnlinkStaticKeys(mem_, l_, kModule, kNodes, &keep), IsOk());
+  EXPECT_EQ(Key(), linked);
+  // Our node's address naming another module: corrupt.
+  Node(kNodes, kGuest, kTable, 0xffffffffc0002000ull);
+  mem_.Set64(kKey + l_.key_type, kNodes | 2 | 1);
   EXPECT_THAT(UnlinkStaticKeys(mem_, l_, kModule, kNodes, &keep),
-              StatusIs(Code::kFailedPrecondition, HasSubstr("does not list the shadow module's node")));
+              StatusIs(Code::kFailedPrecondition, HasSubstr("for module 0xffffffffc0002000")));
 }
 
 }  // namespace
