@@ -152,6 +152,59 @@ TEST_F(PlanTest, FtraceOwnedEntryIsRefused) {
                        "in the guest, or patched by an in-guest livepatch)"));
 }
 
+// A function without an ftrace site (plain instructions at its entry): the jump overwrites them
+// once vmlinux's runtime-rewritten sites are shown not to be under it, and its .cold part counts
+// as busy; in a module it is refused.
+TEST_F(PlanTest, PlainEntryIsPatchedOnlyWhenProvenSafe) {
+  auto m = Load("hvp_sample");
+  ASSERT_THAT(m, IsOk());
+  const std::uint8_t plain[] = {0x48, 0x89, 0xf0, 0x31, 0xd2};  // mov rax, rsi; xor edx, edx
+  text_.Write(kCmdline, plain);
+  // No table bounds in kallsyms: nothing to be under the jump.
+  guest_.Add("cmdline_proc_show.cold", 0xffffffff81f80000, 0x30);
+  auto plan = BuildPlan(*m, guest_, text_, Arena());
+  ASSERT_THAT(plan, IsOk());
+  EXPECT_EQ(plan->functions[0].entry.kind, EntryKind::kPlainCode);
+  EXPECT_THAT(plan->functions[0].entry.current, ElementsAre(0x48, 0x89, 0xf0, 0x31, 0xd2));
+  bool cold_busy = false;
+  for (const auto& r : plan->busy) cold_busy |= r.begin == 0xffffffff81f80000 && r.end == 0xffffffff81f80030;
+  EXPECT_TRUE(cold_busy);
+
+  // A jump-label site at +2 (self-relative s32 in a one-entry __jump_table).
+  FakeResolver guest = GuestSymbols();
+  constexpr std::uint64_t kTable = 0xffffffff82000000;
+  guest.Add("__start___jump_table", kTable).Add("__stop___jump_table", kTable + 16);
+  class WithTable : public GuestCodeReader {
+   public:
+    explicit WithTable(const GuestCodeReader& text) : text_(text) {}
+    Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
+      if (va != kTable) return text_.Read(va, size);
+      std::vector<std::uint8_t> e(16, 0);
+      const auto rel = static_cast<std::int32_t>(static_cast<std::int64_t>(kCmdline + 2 - kTable));
+      std::memcpy(e.data(), &rel, 4);
+      return e;
+    }
+   private:
+    const GuestCodeReader& text_;
+  } with_table(text_);
+  EXPECT_THAT(BuildPlan(*m, guest, with_table, Arena()),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("function 'cmdline_proc_show' at 0xffffffff81300000 has no ftrace site, and its "
+                                 "first instructions (mov rax, rsi; xor edx, edx) hold a jump-label site at "
+                                 "0xffffffff81300002")));
+}
+
+TEST_F(PlanTest, PlainEntryInAModuleIsRefused) {
+  auto m = Load("hvp_virtio");
+  ASSERT_THAT(m, IsOk());
+  const std::uint8_t plain[] = {0x55, 0x48, 0x89, 0xe5, 0x41, 0x57};
+  text_.Write(0xffffffffc0201000, plain);
+  EXPECT_THAT(BuildPlan(*m, guest_, text_, Arena()),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("its entry is plain code (push rbp; mov rbp, rsp; push r15), not the ftrace nop; "
+                                 "hvpatch patches plain entries in vmlinux only")));
+}
+
 TEST_F(PlanTest, ModuleFunctionIsResolvedInItsObject) {
   auto m = Load("hvp_virtio");
   ASSERT_THAT(m, IsOk());
