@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "tests/harness/base64.h"
+#include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 
@@ -176,12 +177,45 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
     ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
     EXPECT_THAT(rv.out, HasSubstr("reverted patch 'fix" + id + "'"));
   }
-  // lib/ is built without ftrace: ucs2_strnlen has no ftrace site to patch.
+  // lib/ is built without ftrace: ucs2_strnlen starts with plain instructions, which hvpatch
+  // overwrites once it has proven that safe (patcher/plain_entry.h). Nothing calls it in a guest
+  // without EFI variables, so the test patch hvp_ucs2 does, from /proc/cmdline.
   {
-    HvpatchRun a = Hvpatch({"apply", target, Module("19")});
-    EXPECT_EQ(a.exit_code, 1) << Describe(a);
-    EXPECT_THAT(a.err, HasSubstr("function 'ucs2_strnlen' at "));
-    EXPECT_THAT(a.err, HasSubstr("not an ftrace-patchable entry"));
+    SCOPED_TRACE("fix 19");
+    auto sym = (*vm)->Check("awk '$3 == \"ucs2_strnlen\" { print $1; exit }' /proc/kallsyms");
+    ASSERT_TRUE(sym.ok()) << sym.status().message();
+    const std::uint64_t fn = std::strtoull(sym->c_str(), nullptr, 16);
+    ASSERT_NE(fn, 0u) << *sym;
+    auto before = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(before.ok()) << before.status().message();
+    ASSERT_NE((*before)[0], 0xe9) << "ucs2_strnlen is already patched";
+    ASSERT_NE((*before)[0], 0x0f) << "ucs2_strnlen has an ftrace site after all: this test proves nothing";
+
+    HvpatchRun w = Hvpatch({"apply", target, testing::PatchModule("hvp_ucs2")});
+    ASSERT_EQ(w.exit_code, 0) << Describe(w);
+    EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+
+    HvpatchRun a = Hvpatch({"--json", "apply", target, Module("19")});
+    ASSERT_EQ(a.exit_code, 0) << Describe(a);
+    EXPECT_THAT(a.out, HasSubstr("\"plain_code\""));
+    auto patched = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(patched.ok()) << patched.status().message();
+    EXPECT_EQ((*patched)[0], 0xe9) << "no jump at ucs2_strnlen's entry";
+    // Every call now goes through the jump to the new code (the old first instructions are
+    // gone), and gives the same answers.
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+    auto dmesg = (*vm)->Check("dmesg | grep -c -E 'Oops|BUG:|general protection' || true");
+    ASSERT_TRUE(dmesg.ok());
+    EXPECT_EQ(*dmesg, "0\n");
+
+    HvpatchRun rv = Hvpatch({"revert", target, "fix19"});
+    ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
+    auto after = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(after.ok()) << after.status().message();
+    EXPECT_EQ(*after, *before) << "revert must restore ucs2_strnlen's first instructions";
+    EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+    HvpatchRun rw = Hvpatch({"revert", target, "hvp_ucs2"});
+    ASSERT_EQ(rw.exit_code, 0) << Describe(rw);
   }
 
   // In the guest, upstream livepatch: insmod, transition 0, workload, disable, rmmod.
