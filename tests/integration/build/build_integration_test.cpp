@@ -1,7 +1,9 @@
 // Issue 12's acceptance on real guests: `hvpatch build --kernel 6.1.0-47-cloud-amd64` turns the
 // four real fixes of ../shared/fixes (read from there, never copied) into livepatch modules from
-// Debian's source; each applies to a running 6.1.170-3 TCG guest from the host (run-pre matched)
-// and reverts, and loads with insmod in the guest under upstream livepatch. A patch built for
+// Debian's source; each applies to a running 6.1.170-3 TCG guest from the host (run-pre matched),
+// a workload reaches the fixed function (fasync for 09, hvp_ucs2 for 19, disk writes for 24,
+// srr for 33, whose fix changes what the guest answers), and it reverts; and 09, 24 and 33 load
+// with insmod in the guest under upstream livepatch (19 cannot: livepatch needs an ftrace site). A patch built for
 // 6.1.170-3 is refused by run-pre on the newer default guest, naming function and offset; a fix
 // that changes global data is refused by name.
 //
@@ -149,13 +151,35 @@ TEST_F(BuildTest, StructLayoutChangeIsRefusedByName) {
 // Acceptance 1 and 2 on the 6.1.170-3 guest, one guest for both.
 TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
   for (const auto& f : kFixes) ASSERT_EQ(builds_[f.id].exit_code, 0) << f.diff;
+  // A scratch virtio-blk disk: writes to it reach blk_stat_timer_fn (fix 24) through
+  // writeback throttling's statistics timer (wbt is on by default for a blk-mq disk).
+  const std::string disk = (work_ / "scratch.img").string();
+  { std::ofstream(disk).close(); fs::resize_file(disk, 64 << 20); }
   testing::TestVmOptions o;
+  o.extra_qemu_args = {"-drive", "file=" + disk + ",if=none,id=scratch,format=raw", "-device",
+                       "virtio-blk-pci,drive=scratch"};
   auto vm = TestVm::Start(o);
   ASSERT_TRUE(vm.ok()) << vm.status().message();
   auto uname = (*vm)->Check("uname -r");
   ASSERT_TRUE(uname.ok());
   ASSERT_EQ(*uname, std::string(kRelease) + "\n") << "HVPATCH_IMAGES must be the 6.1.170-3 images";
   const std::string target = (*vm)->qmp_target();
+  auto disk_up = (*vm)->Check("insmod /lib/modules/virtio_blk.ko; for i in $(seq 50); do [ -e /sys/block/vda/dev ] && break; "
+                              "sleep 0.1; done; rm -f /dev/vda; mknod /dev/vda b $(tr : ' ' < /sys/block/vda/dev) && "
+                              "cat /sys/block/vda/queue/wbt_lat_usec");
+  ASSERT_TRUE(disk_up.ok()) << disk_up.status().message();
+  ASSERT_NE(*disk_up, "0\n") << "writeback throttling is off: the disk workload would not reach blk_stat_timer_fn";
+  const std::string blk_workload = "dd if=/dev/zero of=/dev/vda bs=64k count=512 conv=fsync 2>&1 | tail -1; sleep 1";
+  // The workload reaches the function: shown with ftrace on the unpatched kernel (not while
+  // patched: the ftrace site then holds hvpatch's jump, and ftrace must not touch it).
+  auto reach = (*vm)->Check("cd /sys/kernel/tracing && echo blk_stat_timer_fn > set_ftrace_filter && "
+                            "echo function > current_tracer && " + blk_workload + " >/dev/null && "
+                            "n=$(grep -c blk_stat_timer_fn trace); echo nop > current_tracer; echo > set_ftrace_filter; "
+                            "echo > trace; echo $n");
+  ASSERT_TRUE(reach.ok()) << reach.status().message();
+  EXPECT_GT(std::stoi(*reach), 0) << "the disk workload did not reach blk_stat_timer_fn";
+  // Fix 33 refuses a source route to a user without CAP_NET_RAW; the unpatched kernel takes it.
+  EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
 
   // From the host: run-pre passes, the workload runs on the new code, revert.
   // 33's new code carries a WARN (__bug_table) and user access (__ex_table, STAC/CLAC
@@ -170,12 +194,24 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
       ASSERT_TRUE(w.ok()) << w.status().message();
       EXPECT_EQ(*w, "fasync: ok\n");
     }
+    if (id == "24") {
+      EXPECT_EQ(*(*vm)->Check(blk_workload), "512+0 records out\n");
+    }
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: EPERM\n");
+    }
     auto alive = (*vm)->Check("cat /proc/version");
     ASSERT_TRUE(alive.ok());
     EXPECT_THAT(*alive, HasSubstr("6.1.170-3"));
     HvpatchRun rv = Hvpatch({"revert", target, "fix" + id});
     ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
     EXPECT_THAT(rv.out, HasSubstr("reverted patch 'fix" + id + "'"));
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
+    }
+    auto dmesg = (*vm)->Check("dmesg | grep -c -E 'Oops|BUG:|general protection' || true");
+    ASSERT_TRUE(dmesg.ok());
+    EXPECT_EQ(*dmesg, "0\n");
   }
   // lib/ is built without ftrace: ucs2_strnlen starts with plain instructions, which hvpatch
   // overwrites once it has proven that safe (patcher/plain_entry.h). Nothing calls it in a guest
@@ -234,10 +270,19 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
     if (id == "09") {
       EXPECT_EQ(*(*vm)->Check("fasync"), "fasync: ok\n");
     }
+    if (id == "24") {
+      EXPECT_EQ(*(*vm)->Check(blk_workload), "512+0 records out\n");
+    }
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: EPERM\n");
+    }
     auto off = (*vm)->Check("echo 0 > " + sys + "/enabled; for i in $(seq 60); do [ -d " + sys +
                             " ] || break; sleep 1; done; rmmod fix" + id + " && echo removed");
     ASSERT_TRUE(off.ok()) << off.status().message();
     EXPECT_EQ(*off, "removed\n");
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
+    }
   }
   // ucs2_strnlen: livepatch needs ftrace too, and refuses the same way.
   CopyToGuest(**vm, Module("19"), "/tmp/fix19.ko");
