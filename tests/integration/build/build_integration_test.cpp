@@ -148,6 +148,67 @@ TEST_F(BuildTest, StructLayoutChangeIsRefusedByName) {
   EXPECT_FALSE(fs::exists(work_ / "blk_queue_stats.ko"));
 }
 
+// A build killed while its fix is in the shared source tree: the next build of that cache puts
+// the tree back first, and its module is the same as a clean build's.
+TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
+  ASSERT_EQ(builds_["24"].exit_code, 0);
+  const fs::path cache = Env("HVPATCH_BUILD_CACHE");
+  const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
+  auto read = [](const fs::path& p) {
+    std::ifstream f(p);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  const std::string pristine = read(source);
+  ASSERT_THAT(pristine, HasSubstr("for_each_online_cpu(cpu) {"));
+  auto pending = [&] {
+    for (const auto& e : fs::directory_iterator(cache)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("applied-", 0) == 0) return true;
+    }
+    return false;
+  };
+  ASSERT_FALSE(pending());
+  {
+    HvpatchProcess p({"build", "--kernel", kRelease, "--cache", cache.string(), "-o", (work_ / "killed.ko").string(),
+                      Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff"},
+                     {}, (work_ / "killed").string());
+    for (int i = 0; i < 6000 && !pending() && p.Alive(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_TRUE(pending()) << "the build never applied its fix";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // inside the build of the fixed file
+    p.Kill9();
+  }
+  ASSERT_THAT(read(source), HasSubstr("for_each_possible_cpu(cpu) {")) << "the kill came too late to test anything";
+  ASSERT_TRUE(pending());
+  // The killed build's compilers may still be running: the cache lock (inherited by them) makes
+  // the next build wait until they have finished.
+
+  const HvpatchRun again = Build(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff", (work_ / "again.ko").string());
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_THAT(again.out, HasSubstr("replaces blk_stat_timer_fn in "));
+  EXPECT_EQ(read(source), pristine);
+  EXPECT_FALSE(pending());
+}
+
+// A diff that does not fit the source is refused and changes nothing, even where some of its
+// hunks would fit.
+TEST_F(BuildTest, ADiffThatDoesNotFitChangesNothing) {
+  const fs::path cache = Env("HVPATCH_BUILD_CACHE");
+  const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
+  std::ifstream in(source);
+  const std::string pristine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string diff = (work_ / "half.diff").string();
+  std::ifstream fix(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff");
+  std::string good((std::istreambuf_iterator<char>(fix)), std::istreambuf_iterator<char>());
+  // The real hunk, then one whose context is not in the file.
+  std::ofstream(diff) << good << "@@ -20,3 +20,3 @@\n no such line here\n-neither this one\n+nor this\n";
+  const HvpatchRun r = Build(diff, (work_ / "half.ko").string());
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("the diff does not fit this kernel source"));
+  std::ifstream after(source);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(after)), std::istreambuf_iterator<char>()), pristine);
+  EXPECT_FALSE(fs::exists(work_ / "half.ko"));
+}
+
 // Acceptance 1 and 2 on the 6.1.170-3 guest, one guest for both.
 TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
   for (const auto& f : kFixes) ASSERT_EQ(builds_[f.id].exit_code, 0) << f.diff;
