@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <map>
 
+#include "fake_code_reader.h"
 #include "fake_resolver.h"
 #include "patcher/plan.h"
 #include "status_matchers.h"
@@ -22,25 +22,6 @@ constexpr std::uint64_t kFn = 0xffffffff81500000;
 constexpr std::uint64_t kJumpTable = 0xffffffff82000000;
 constexpr std::uint64_t kCallSites = 0xffffffff82100000;
 constexpr std::uint64_t kLocks = 0xffffffff82200000;
-
-// Guest memory as byte runs; tables are written as the kernel lays them out (self-relative s32).
-class FakeMemory : public GuestCodeReader {
- public:
-  void Put(std::uint64_t va, std::vector<std::uint8_t> b) { runs_[va] = std::move(b); }
-  Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
-    ++reads;
-    for (const auto& [start, b] : runs_) {
-      if (va >= start && va + size <= start + b.size()) {
-        return std::vector<std::uint8_t>(b.begin() + (va - start), b.begin() + (va - start + size));
-      }
-    }
-    return Unavailable("address is not mapped");
-  }
-  mutable int reads = 0;
-
- private:
-  std::map<std::uint64_t, std::vector<std::uint8_t>> runs_;
-};
 
 // A table of `entry_size`-byte entries whose first s32 points at each of `targets`.
 std::vector<std::uint8_t> Table(std::uint64_t at, std::uint32_t entry_size, std::vector<std::uint64_t> targets) {
@@ -69,7 +50,7 @@ class PlainEntryTest : public ::testing::Test {
     mem_.Put(kLocks, Table(kLocks, 4, locks));
   }
   FakeResolver guest_;
-  FakeMemory mem_;
+  testing::FakeCodeReader mem_;
 };
 
 TEST_F(PlainEntryTest, ReadsTheThreeTablesSorted) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 
+#include "fake_code_reader.h"
 #include "fake_resolver.h"
 #include "patch_files.h"
 #include "patcher/trampoline.h"
@@ -26,31 +27,16 @@ constexpr std::uint64_t kCmdline = 0xffffffff81300000;
 constexpr std::uint64_t kVersion = 0xffffffff81300100;
 
 // Guest kernel text as a few byte runs, with the ftrace nop at each function entry.
-class FakeKernelText : public GuestCodeReader {
+class FakeKernelText : public testing::FakeCodeReader {
  public:
   FakeKernelText() {
     for (std::uint64_t fn : std::initializer_list<std::uint64_t>{kCmdline, kVersion, 0xffffffff81e00000, 0xffffffffc0201000}) {
       std::vector<std::uint8_t> b(64, 0x90);
       const std::uint8_t nop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
       std::memcpy(b.data(), nop5, 5);
-      runs_[fn] = b;
+      Put(fn, b);
     }
   }
-  void Write(std::uint64_t va, std::span<const std::uint8_t> bytes) {
-    auto& run = runs_.at(va);
-    std::copy(bytes.begin(), bytes.end(), run.begin());
-  }
-  Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
-    for (const auto& [start, b] : runs_) {
-      if (va >= start && va + size <= start + b.size()) {
-        return std::vector<std::uint8_t>(b.begin() + (va - start), b.begin() + (va - start + size));
-      }
-    }
-    return Unavailable("address " + std::to_string(va) + " is not mapped");
-  }
-
- private:
-  std::map<std::uint64_t, std::vector<std::uint8_t>> runs_;
 };
 
 class PlanTest : public ::testing::Test {
