@@ -416,6 +416,13 @@ Status QemuVm::MapShared(const Block& b, std::uint64_t base, const std::vector<M
 
 bool QemuVm::ReadsFromMapping() const { return mapped_; }
 
+std::vector<DirectRange> QemuVm::DirectRam() const {
+  std::vector<DirectRange> out;
+  if (!mapped_) return out;
+  for (const HostRange& r : ram_) out.push_back({r.gpa, r.size, r.local});  // ram_ is sorted
+  return out;
+}
+
 void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
   if (!mapped_ || size == 0) return;
   const HostRange* r = FindRange(gpa);
