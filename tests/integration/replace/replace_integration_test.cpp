@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -241,6 +242,79 @@ TEST_F(ReplaceIntegrationTest, TaskInAReplacedPatchsCodeMakesTheReplaceBusy) {
   HvpatchRun revert = Hv({"revert", Domain(), "hvp_replace"});
   ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
   EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+}
+
+// kill -9 inside the replace's pause, after each of its code writes in turn (the
+// HVPATCH_TEST_STOP_AT hook stops hvpatch there): the next command's recovery undoes the replace
+// (hvp_two live, its module linked, hvp_replace's not) until the last code write is done, and
+// finishes it from then on (hvp_replace alone; hvp_two's module, which the pause unlinks only
+// after the last code write, unlinked by the recovery). The guest always matches the ledger.
+TEST_F(ReplaceIntegrationTest, KillDuringTheReplaceIsUndoneOrFinished) {
+  const std::string two_view = "hvp_two: cmdline\nhvp_two: version\n";
+  const std::string replaced_view = "hvp_replace: cmdline\n" + boot_version_;
+  std::vector<std::string> outcomes;
+  bool finished_normally = false;
+  for (int n = 1; n <= 8 && !finished_normally; ++n) {
+    SCOPED_TRACE("code_written:" + std::to_string(n));
+    HvpatchRun a = Hv({"apply", Domain(), testing::PatchModule("hvp_two")});
+    ASSERT_EQ(a.exit_code, 0) << Describe(a);
+    {
+      HvpatchProcess p({"--state-dir", state_dir_, "apply", Domain(), testing::PatchModule("hvp_replace")},
+                       {"HVPATCH_TEST_STOP_AT=code_written:" + std::to_string(n)}, scratch_ + "/kill" + std::to_string(n));
+      if (!p.WaitStopped(120)) {
+        // Fewer code writes than n: the apply ran to its end.
+        ASSERT_FALSE(p.Result().timed_out);
+        ASSERT_EQ(p.Result().exit_code, 0) << Describe(p.Result());
+        finished_normally = true;
+      } else {
+        p.Kill9();
+      }
+    }
+    HvpatchRun l = Hv({"--json", "list", Domain()});
+    ASSERT_EQ(l.exit_code, 0) << Describe(l);
+    const auto j = nlohmann::json::parse(l.out);
+    std::string recovered;
+    for (const auto& r : j.at("recovered")) {
+      if (r.get<std::string>().find("recovered patch") == 0) recovered = r.get<std::string>();
+    }
+    ASSERT_EQ(j.at("patches").size(), 1u) << l.out;
+    const std::string name = j.at("patches")[0].at("name");
+    EXPECT_EQ(j.at("patches")[0].at("consistent"), true) << l.out;
+    const std::string view = Guest("cat /proc/cmdline /proc/version");
+    const std::string modules = Guest("cat /proc/modules");
+    if (name == "hvp_two") {
+      EXPECT_FALSE(finished_normally);
+      EXPECT_EQ(recovered, "recovered patch 'hvp_replace' interrupted while applying: fully reverted ('hvp_two' kept)");
+      EXPECT_EQ(view, two_view);
+      EXPECT_THAT(modules, HasSubstr("hvp_two "));
+      EXPECT_THAT(modules, Not(HasSubstr("hvp_replace ")));
+      outcomes.push_back("reverted");
+      HvpatchRun v = Hv({"revert", Domain(), "hvp_two"});
+      EXPECT_EQ(v.exit_code, 0) << Describe(v);
+    } else {
+      EXPECT_EQ(name, "hvp_replace");
+      if (!finished_normally) {
+        EXPECT_EQ(recovered, "recovered patch 'hvp_replace' interrupted while applying: fully applied (replaced 'hvp_two')");
+      }
+      EXPECT_EQ(view, replaced_view);
+      EXPECT_THAT(modules, HasSubstr("hvp_replace "));
+      EXPECT_THAT(modules, Not(HasSubstr("hvp_two ")));
+      outcomes.push_back(finished_normally ? "ran to the end" : "applied");
+      HvpatchRun v = Hv({"revert", Domain(), "hvp_replace"});
+      EXPECT_EQ(v.exit_code, 0) << Describe(v);
+    }
+    EXPECT_EQ(Guest("cat /proc/cmdline /proc/version"), boot_cmdline_ + boot_version_);
+  }
+  // At least the new trampoline and the restore of version_proc_show: undone after the first,
+  // finished after the last, and the apply ran to its end once n passed the last.
+  ASSERT_GE(outcomes.size(), 3u);
+  EXPECT_EQ(outcomes.front(), "reverted");
+  EXPECT_EQ(outcomes[outcomes.size() - 2], "applied");
+  EXPECT_EQ(outcomes.back(), "ran to the end");
+  std::string all;
+  for (const auto& o : outcomes) all += o + ", ";
+  std::printf("kill after each code write of the replace: %s\n", all.c_str());
   EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
 }
 
