@@ -56,8 +56,9 @@ std::string ApplyText(const patcher::ApplyResult& r) {
     std::string names, restored;
     for (const auto& n : r.replaced) names += (names.empty() ? "'" : ", '") + n + "'";
     for (const auto& n : r.restored) restored += " " + n;
-    s += "  replaced " + names + " (atomic replace)";
-    s += r.restored.empty() ? "\n" : "; original code again:" + restored + "\n";
+    s += std::string(r.dry_run ? "  would replace " : "  replaced ") + names + " (atomic replace)";
+    s += r.restored.empty() ? "\n" : std::string(r.dry_run ? "; original code again would run in:" : "; original code again:") +
+                                      restored + "\n";
   }
   if (!r.dry_run) s += "  confirmed: " + std::string(r.confirmed ? "yes" : "no") + " (" + r.confirmation + ")\n";
   return s;
