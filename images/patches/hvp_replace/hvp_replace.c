@@ -11,7 +11,9 @@
 
 static int hvp_replace_cmdline_show(struct seq_file *m, void *v)
 {
-	seq_puts(m, "hvp_replace: cmdline\n");
+	/* %ps finds the function through the module tree's bounds: the shadow module must stay
+	 * inside them once the replaced patch's module is unlinked. */
+	seq_printf(m, "hvp_replace: cmdline %ps\n", hvp_replace_cmdline_show);
 	return 0;
 }
 

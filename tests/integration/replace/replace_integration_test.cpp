@@ -35,6 +35,9 @@ std::string Describe(const HvpatchRun& r) {
          (r.timed_out ? " (timed out)" : "") + "\nstdout: " + r.out + "\nstderr: " + r.err;
 }
 
+// hvp_replace's /proc/cmdline: %ps of its own function, found through the module tree.
+const std::string kReplaceCmdline = "hvp_replace: cmdline hvp_replace_cmdline_show [hvp_replace]\n";
+
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
   return s;
@@ -157,7 +160,7 @@ TEST_F(ReplaceIntegrationTest, ReplaceTakesOverEveryFunctionAndItsRevertGivesThe
   EXPECT_THAT(b.out, HasSubstr("replaced 'hvp_two' (atomic replace); original code again: version_proc_show"));
   // hvp_replace's function runs hvp_replace's code, hvp_two's other function the kernel's own.
   const std::string replaced_view = Guest("cat /proc/cmdline /proc/version");
-  EXPECT_EQ(replaced_view, "hvp_replace: cmdline\n" + boot_version_);
+  EXPECT_EQ(replaced_view, kReplaceCmdline + boot_version_);
   // Only the replacing patch's module is linked, hvp_two's went in the same pause.
   EXPECT_THAT(Guest("cat /proc/modules"), HasSubstr("hvp_replace "));
   EXPECT_THAT(Guest("cat /proc/modules"), Not(HasSubstr("hvp_two ")));
@@ -178,6 +181,10 @@ TEST_F(ReplaceIntegrationTest, ReplaceTakesOverEveryFunctionAndItsRevertGivesThe
   EXPECT_EQ(p.at("replace"), true);
   EXPECT_EQ(p.at("replaces"), nlohmann::json::array({"hvp_two"}));
   EXPECT_EQ(p.at("consistent"), true);
+  // The new code lies inside mod_tree's bounds, where __module_address() looks first.
+  const std::uint64_t new_code = std::stoull(p.at("functions")[0].at("new_addr").get<std::string>(), nullptr, 16);
+  EXPECT_LE(replaced.addr_min, new_code);
+  EXPECT_GT(replaced.addr_max, new_code);
   HvpatchRun text = Hv({"list", Domain()});
   EXPECT_THAT(text.out, HasSubstr("replaced (atomic replace): hvp_two")) << text.out;
 
@@ -237,7 +244,7 @@ TEST_F(ReplaceIntegrationTest, TaskInAReplacedPatchsCodeMakesTheReplaceBusy) {
   HvpatchRun ok = Hv({"apply", Domain(), testing::PatchModule("hvp_replace")});
   ASSERT_EQ(ok.exit_code, 0) << Describe(ok);
   EXPECT_THAT(ok.out, HasSubstr("replaced 'hvp_sleep' (atomic replace); original code again: do_nanosleep"));
-  EXPECT_EQ(Guest("cat /proc/cmdline"), "hvp_replace: cmdline\n");
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kReplaceCmdline);
   EXPECT_EQ(Guest("s=$(date +%s); sleep 2; echo $(( $(date +%s) - s ))"), "2\n");
   HvpatchRun revert = Hv({"revert", Domain(), "hvp_replace"});
   ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
@@ -252,7 +259,7 @@ TEST_F(ReplaceIntegrationTest, TaskInAReplacedPatchsCodeMakesTheReplaceBusy) {
 // after the last code write, unlinked by the recovery). The guest always matches the ledger.
 TEST_F(ReplaceIntegrationTest, KillDuringTheReplaceIsUndoneOrFinished) {
   const std::string two_view = "hvp_two: cmdline\nhvp_two: version\n";
-  const std::string replaced_view = "hvp_replace: cmdline\n" + boot_version_;
+  const std::string replaced_view = kReplaceCmdline + boot_version_;
   std::vector<std::string> outcomes;
   bool finished_normally = false;
   for (int n = 1; n <= 8 && !finished_normally; ++n) {
