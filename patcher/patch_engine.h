@@ -83,6 +83,10 @@ struct ApplyResult {
   bool dry_run = false;
   bool confirmed = false;
   std::string confirmation;  // why not confirmed, or "agent"
+  // Atomic replace: the patches taken over (bottom to top), and the functions of theirs that
+  // this patch does not patch, which run the kernel's own code again.
+  std::vector<std::string> replaced;
+  std::vector<std::string> restored;
 };
 
 struct RevertResult {
@@ -156,6 +160,12 @@ class PatchEngine {
   Result<CommitReport> CommitWithLedger(Ledger& ledger, const CommitPlan& plan, const RetryPolicy& retry,
                                         bool* wrote);
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
+  // The end of an atomic replace by `by` (its pause done): the patches it replaced leave the
+  // ledger and their arena pages are freed (retired). Does not save.
+  Status DropReplaced(Ledger& ledger, const LedgerPatch& by);
+  // Recovery of an atomic replace that a dead hvpatch left kApplying (ledger.patches[index]):
+  // finished when every site holds the end state, else undone. Saves the ledger.
+  Status RecoverReplace(Ledger& ledger, std::size_t index, std::vector<std::string>& notes);
 
   vmm::Vm& vm_;
   const KernelView& kernel_;

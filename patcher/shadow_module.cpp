@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 
 #include "base/hex.h"
 
@@ -453,6 +454,56 @@ Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::ui
     HV_ASSIGN_OR_RETURN(std::uint64_t saved, mem.Read64(header + kHeaderSavedMax));
     HV_RETURN_IF_ERROR(mem.Write64(max_va, saved));
   }
+  return KeepBoundsCovering(mem, l);
+}
+
+Status KeepBoundsCovering(KernelWords& mem, const ShadowModuleLayout& l) {
+  // What the bounds just put back were before this module's link does not cover a module linked
+  // since without moving them: another hvpatch module above this one (patches are reverted in
+  // any order, and an atomic replace unlinks the replaced modules after linking its own), or a
+  // module the kernel loaded above the arena but below the old bound. Each must stay inside,
+  // or __module_address() misses it (exception table, kallsyms, BUG lookups).
+  const std::uint64_t min_va = l.mod_tree + l.addr_min, max_va = l.mod_tree + l.addr_max;
+  HV_ASSIGN_OR_RETURN(std::uint64_t min, mem.Read64(min_va));
+  HV_ASSIGN_OR_RETURN(std::uint64_t max, mem.Read64(max_va));
+  HV_ASSIGN_OR_RETURN(auto mods, ListEntries(mem, l.modules, "the module list"));
+  struct Linked {
+    std::uint64_t mod, base, end, header;  // header 0: a module the kernel loaded
+  };
+  std::optional<Linked> lowest, highest;  // of hvpatch's own modules
+  for (std::uint64_t e : mods) {
+    const std::uint64_t mod = e - l.list;
+    HV_ASSIGN_OR_RETURN(std::uint64_t base, mem.Read64(mod + l.core_layout + l.layout_base));
+    HV_ASSIGN_OR_RETURN(std::uint32_t size, mem.Read32(mod + l.core_layout + l.layout_size));
+    auto header = HeaderOf(mem, l, mod);
+    const Linked m{mod, base, base + size, header.ok() ? *header : 0};
+    if (m.header == 0) {
+      // The kernel's own: as mod_update_bounds() would have it.
+      min = std::min(min, m.base);
+      max = std::max(max, m.end);
+      continue;
+    }
+    if (!lowest || m.base < lowest->base) lowest = m;
+    if (!highest || m.end > highest->end) highest = m;
+  }
+  // The lowest (highest) hvpatch module takes the widening over, with the record its own unlink
+  // puts back; the others lie inside it.
+  if (lowest && lowest->base < min) {
+    HV_ASSIGN_OR_RETURN(std::uint64_t flags, mem.Read64(lowest->header + kHeaderFlags));
+    HV_RETURN_IF_ERROR(mem.Write64(lowest->header + kHeaderSavedMin, min));
+    HV_RETURN_IF_ERROR(mem.Write64(lowest->header + kHeaderFlags, flags | kLoweredMin));
+    min = lowest->base;
+  }
+  if (highest && highest->end > max) {
+    HV_ASSIGN_OR_RETURN(std::uint64_t flags, mem.Read64(highest->header + kHeaderFlags));
+    HV_RETURN_IF_ERROR(mem.Write64(highest->header + kHeaderSavedMax, max));
+    HV_RETURN_IF_ERROR(mem.Write64(highest->header + kHeaderFlags, flags | kRaisedMax));
+    max = highest->end;
+  }
+  HV_ASSIGN_OR_RETURN(std::uint64_t min_now, mem.Read64(min_va));
+  HV_ASSIGN_OR_RETURN(std::uint64_t max_now, mem.Read64(max_va));
+  if (min != min_now) HV_RETURN_IF_ERROR(mem.Write64(min_va, min));
+  if (max != max_now) HV_RETURN_IF_ERROR(mem.Write64(max_va, max));
   return Status::Ok();
 }
 

@@ -123,6 +123,10 @@ Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std:
 // module walks on through its unchanged `next` pointers, as after list_del_rcu).
 // Errors: as LinkShadowModule; kNotFound when the module is not linked.
 Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va);
+// Part of UnlinkShadowModule: widens mod_tree's bounds again for every module still linked that
+// the bounds put back leave outside (as mod_update_bounds() would); the lowest (highest) hvpatch
+// module takes the widening over in its header, so its own unlink puts back the kernel's bound.
+Status KeepBoundsCovering(KernelWords& mem, const ShadowModuleLayout& layout);
 
 // The guest's module structures, as read for a before/after comparison.
 struct ModuleStructures {
