@@ -18,6 +18,7 @@ std::vector<agent::LivepatchPatch> PublishedTree(const patcher::Ledger& ledger) 
     lp.name = p.name;
     lp.enabled = true;
     lp.transition = false;  // hvpatch switches everything in one pause: never in transition
+    lp.replace = p.replace;
     lp.stack_order = static_cast<std::uint32_t>(out.size() + 1);
     for (const auto& f : p.functions) {
       auto obj = std::find_if(lp.objects.begin(), lp.objects.end(),

@@ -40,6 +40,7 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
   req.dry_run = dry_run;
   auto r = (*session)->engine->Apply(req);
   if (!r.ok()) return ReportError(o, r.status());
+  if (!dry_run) RecordReplaced(o, **session, r->replaced, r->name);
   if (!dry_run) RecordApplied(o, **session, r->name, req.module);
   if (!r->confirmed && !(*session)->agent) r->confirmation = (*session)->agent_note;
   if (o.json) {

@@ -52,6 +52,8 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
                            {"state", std::string(patcher::PatchStateName(p.patch.state))},
                            {"applied_at", p.patch.applied_at}, {"consistent", p.consistent},
                            {"functions", nlohmann::json::array()}};
+      jp["replace"] = p.patch.replace;
+      jp["replaces"] = p.patch.replaces;  // the patches it took over by atomic replace
       for (std::size_t i = 0; i < p.patch.functions.size(); ++i) {
         const auto& f = p.patch.functions[i];
         jp["functions"].push_back({{"name", f.name}, {"object", f.object}, {"site", Hex(f.site)},
@@ -77,6 +79,11 @@ static int RunList(const GlobalOptions& o, const std::vector<std::string>& args)
     std::printf("%s  %s  applied %s UTC%s\n", p.patch.name.c_str(),
                 std::string(patcher::PatchStateName(p.patch.state)).c_str(), when,
                 p.consistent ? "" : "  MISMATCH: the guest does not hold every trampoline");
+    if (!p.patch.replaces.empty()) {
+      std::string names;
+      for (const auto& n : p.patch.replaces) names += " " + n;
+      std::printf("  replaced (atomic replace):%s\n", names.c_str());
+    }
     for (std::size_t i = 0; i < p.patch.functions.size(); ++i) {
       const auto& f = p.patch.functions[i];
       std::printf("  %s %s %s -> %s%s\n", f.object.c_str(), f.name.c_str(), Hex(f.site).c_str(),

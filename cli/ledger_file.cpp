@@ -59,6 +59,8 @@ json ToJson(const Ledger& l) {
     json jp = {{"name", p.name}, {"build_id", p.build_id},
                {"state", std::string(patcher::PatchStateName(p.state))},
                {"applied_at", p.applied_at}};
+    if (p.replace) jp["replace"] = true;
+    if (!p.replaces.empty()) jp["replaces"] = p.replaces;
     jp["functions"] = json::array();
     for (const auto& f : p.functions) {
       jp["functions"].push_back({{"name", f.name}, {"object", f.object}, {"sympos", f.sympos},
@@ -111,6 +113,9 @@ Ledger FromJson(const json& j) {
     p.build_id = jp.at("build_id").get<std::string>();
     p.state = StateFromName(jp.at("state").get<std::string>());
     p.applied_at = jp.at("applied_at").get<std::int64_t>();
+    // Optional (absent in ledgers written before atomic replace, and for plain patches).
+    p.replace = jp.value("replace", false);
+    if (jp.contains("replaces")) p.replaces = jp.at("replaces").get<std::vector<std::string>>();
     for (const auto& jf : jp.at("functions")) {
       patcher::LedgerFunction f;
       f.name = jf.at("name").get<std::string>();

@@ -34,6 +34,22 @@ void RecordReverted(const GlobalOptions& o, Session& s, const std::string& name)
   set.Log("revert: '" + name + "' removed from the patch set");
 }
 
+void RecordReplaced(const GlobalOptions& o, Session& s, const std::vector<std::string>& names, const std::string& by) {
+  vmm::LibvirtVm* d = AsDomain(s);
+  if (d == nullptr) return;
+  DomainPatchSet set(StateDir(o.state_dir), d->domain().uuid());
+  for (const auto& name : names) {
+    // Gone from the guest with the replace: a restart must not bring it back, nor keep it after
+    // the replacing patch is reverted.
+    if (Status st = set.Remove(name); !st.ok()) {
+      Progress(o, "warning: patch '" + name + "' was replaced by '" + by + "' but is still in the domain's patch set: " +
+                      st.message());
+      continue;
+    }
+    set.Log("apply: '" + name + "' removed from the patch set (replaced by '" + by + "')");
+  }
+}
+
 std::vector<std::string> PatchSetNames(const GlobalOptions& o, Session& s, bool* is_domain) {
   vmm::LibvirtVm* d = AsDomain(s);
   *is_domain = d != nullptr;

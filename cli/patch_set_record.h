@@ -17,6 +17,8 @@ void RecordApplied(const GlobalOptions& options, Session& session, const std::st
                    const std::vector<std::uint8_t>& module);
 // After a successful revert: removes `name` from the set.
 void RecordReverted(const GlobalOptions& options, Session& session, const std::string& name);
+// An atomic replace took `names` over: they leave the set (RecordApplied adds `by`).
+void RecordReplaced(const GlobalOptions& o, Session& s, const std::vector<std::string>& names, const std::string& by);
 // The domain's set as "name name ..." for `list`, or empty for a VM that is not a libvirt domain.
 std::vector<std::string> PatchSetNames(const GlobalOptions& options, Session& session, bool* is_domain);
 

@@ -31,6 +31,10 @@ nlohmann::json ApplyJson(const patcher::ApplyResult& r, const std::vector<std::s
   j["confirmed"] = r.confirmed;
   j["confirmation"] = r.confirmation;
   j["recovered"] = recovery;
+  if (!r.replaced.empty()) {
+    j["replaced"] = r.replaced;
+    j["restored"] = r.restored;
+  }
   return j;
 }
 
@@ -45,7 +49,18 @@ std::string ApplyText(const patcher::ApplyResult& r) {
   for (const auto& f : r.functions) {
     s += "  " + f.object + " " + f.name + " " + Hex(f.site) + " -> " + Hex(f.new_addr);
     if (!f.stacked_on.empty()) s += " (stacked on '" + f.stacked_on + "')";
+    // No ftrace site: the jump replaced the function's first instructions (docs/build.md).
+    if (f.entry == "plain_code") s += " (no ftrace site: first instructions replaced)";
     s += "\n";
+  }
+  if (!r.replaced.empty()) {
+    // Atomic replace (docs/atomic-replace.md): say what went, and what runs the kernel's code.
+    std::string names, restored;
+    for (const auto& n : r.replaced) names += (names.empty() ? "'" : ", '") + n + "'";
+    for (const auto& n : r.restored) restored += " " + n;
+    s += std::string(r.dry_run ? "  would replace " : "  replaced ") + names + " (atomic replace)";
+    s += r.restored.empty() ? "\n" : std::string(r.dry_run ? "; original code again would run in:" : "; original code again:") +
+                                      restored + "\n";
   }
   if (!r.dry_run) s += "  confirmed: " + std::string(r.confirmed ? "yes" : "no") + " (" + r.confirmation + ")\n";
   return s;

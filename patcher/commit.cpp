@@ -39,7 +39,8 @@ Status VmKernelWords::Write(std::uint64_t va, std::span<const std::uint8_t> byte
   return Status::Ok();
 }
 
-Status Committer::WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, KernelWords* kernel,
+Status Committer::WriteAll(const CommitPlan& plan, const StagedKernelWords* edits,
+                           const StagedKernelWords* final_edits, KernelWords* kernel,
                            const std::function<void(const char*)>& phase) {
   wrote_ = true;
   for (const auto& w : plan.phys_writes) {
@@ -69,6 +70,10 @@ Status Committer::WriteAll(const CommitPlan& plan, const StagedKernelWords* edit
     Step("code_written:" + std::to_string(i + 1));
   }
   phase("code_writes");
+  if (final_edits != nullptr && !final_edits->writes().empty()) {
+    HV_RETURN_IF_ERROR(final_edits->Flush(*kernel).WithContext("writing the final kernel data edits"));
+    phase("final_kernel_edits");
+  }
   return Status::Ok();
 }
 
@@ -124,7 +129,8 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     report.bytes_scanned = checked->bytes_scanned;
     std::optional<VmKernelWords> kernel;
     std::optional<StagedKernelWords> staged;
-    if (checked->safe() && !plan.kernel_edits.empty()) {
+    std::optional<StagedKernelWords> staged_final;
+    if (checked->safe() && (!plan.kernel_edits.empty() || !plan.final_kernel_edits.empty())) {
       // Decided now, from what the guest holds inside this pause.
       auto vcpus = vm_.VcpuStates();
       Status edited = vcpus.ok() && !vcpus->empty() ? Status::Ok() : Internal("no vCPU state for the kernel edits");
@@ -134,6 +140,12 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
         for (const KernelEdit& e : plan.kernel_edits) {
           edited = e(*staged);
           if (!edited.ok()) break;
+        }
+        // Staged over the first edits: they read the structures as those will have left them.
+        staged_final.emplace(*staged);
+        for (const KernelEdit& e : plan.final_kernel_edits) {
+          if (!edited.ok()) break;
+          edited = e(*staged_final);
         }
       }
       if (edited.code() == Code::kBusy && attempt < std::max(1, policy_.tries)) {
@@ -153,7 +165,8 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     }
     if (checked->safe()) {
       Step("checked");
-      Status written = WriteAll(plan, staged ? &*staged : nullptr, kernel ? &*kernel : nullptr, phase);
+      Status written = WriteAll(plan, staged ? &*staged : nullptr, staged_final ? &*staged_final : nullptr,
+                                kernel ? &*kernel : nullptr, phase);
       Status resumed = vm_.Resume();
       phase("resume");
       const auto t1 = mark;

@@ -53,6 +53,12 @@ struct CommitPlan {
   std::vector<PhysWrite> phys_writes;  // first
   std::vector<KernelEdit> kernel_edits;  // then the words they staged, in order
   std::vector<CodeWrite> code_writes;  // then, in order (trampolines last)
+  // Decided in the same pause after kernel_edits (they see those edits' staged writes), and
+  // written after the last code write: what may only become unreachable once no trampoline
+  // leads into it any more (the shadow modules of patches an atomic replace takes over). A
+  // crash before these words are written leaves every trampoline switched, so recovery
+  // finishes the transaction rather than undo it.
+  std::vector<KernelEdit> final_kernel_edits;
   std::vector<CodeRange> busy;         // code that must not be in use
 };
 
@@ -124,8 +130,8 @@ class Committer {
     if (hook_) hook_(s);
   }
   // `phase` closes a profiling phase ("phys_writes", "code_writes") as it ends.
-  Status WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, KernelWords* kernel,
-                  const std::function<void(const char*)>& phase);
+  Status WriteAll(const CommitPlan& plan, const StagedKernelWords* edits, const StagedKernelWords* final_edits,
+                  KernelWords* kernel, const std::function<void(const char*)>& phase);
 
   vmm::Vm& vm_;
   StackSource& stacks_;

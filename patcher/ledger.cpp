@@ -29,4 +29,12 @@ const LedgerPatch* Ledger::TopAt(std::uint64_t site) const {
   return nullptr;
 }
 
+const LedgerPatch* Ledger::ReplacedBy(std::string_view name) const {
+  for (const auto& p : patches) {
+    for (const auto& r : p.replaces)
+      if (r == name) return &p;
+  }
+  return nullptr;
+}
+
 }  // namespace hv::patcher

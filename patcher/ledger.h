@@ -43,6 +43,15 @@ struct LedgerPatch {
   PatchState state = PatchState::kApplying;
   std::vector<LedgerFunction> functions;
   std::int64_t applied_at = 0;  // unix seconds
+  // klp_patch.replace: an atomic-replace patch (docs/atomic-replace.md). It took over every
+  // hvpatch patch that was applied before it, named in `replaces` (bottom to top). While it is
+  // kApplying, those patches are still in the ledger (kApplied), below it: recovery either
+  // finishes the replace (drops them) or undoes it (keeps them). Once applied, they are gone
+  // from `patches` and `replaces` is their record. For a function of this patch that a replaced
+  // patch had patched, `original` is the kernel's own entry (what that patch had found), so
+  // that reverting this patch gives back the original kernel.
+  bool replace = false;
+  std::vector<std::string> replaces;
 };
 
 // How the arena is mapped into the guest (kept while any patch uses it).
@@ -109,8 +118,10 @@ struct Ledger {
 
   LedgerPatch* Find(std::string_view name);
   const LedgerPatch* Find(std::string_view name) const;
-  // The topmost applied patch that replaces `site`, or nullptr.
+  // The topmost patch in the ledger that patches `site`, or nullptr.
   const LedgerPatch* TopAt(std::uint64_t site) const;
+  // The patch whose `replaces` names `name` (it took `name` over by atomic replace), or nullptr.
+  const LedgerPatch* ReplacedBy(std::string_view name) const;
 };
 
 // Persistence for one VM's ledger. Save() must be atomic and durable when it returns Ok: after a

@@ -8,11 +8,13 @@
 
 #include "base/hex.h"
 #include "patcher/arena_layout.h"
+#include "patcher/atomic_replace.h"
 #include "patcher/direct_map_alias.h"
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/plan.h"
 #include "patcher/shadow_module.h"
+#include "patcher/shared_overlay_words.h"
 
 namespace hv::patcher {
 namespace {
@@ -24,11 +26,6 @@ constexpr std::uint64_t kSlot = 2ull << 20;
 // static_keys.h). Patch names are module names, which never contain '-'.
 constexpr std::string_view kStaticKeyKeeper = "hvpatch-key-tombstones";
 
-// Frees `name`'s arena runs, except its data when the unlink left a tombstone there.
-Status FreePatchRuns(ArenaLayout& layout, const std::string& name, const std::shared_ptr<bool>& keep_data) {
-  if (keep_data && *keep_data) HV_RETURN_IF_ERROR(layout.Transfer(name, MemoryClass::kData, kStaticKeyKeeper));
-  return layout.Free(name);
-}
 
 
 std::uint64_t ReadQ(const std::vector<std::uint8_t>& b) {
@@ -81,8 +78,7 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   return out;
 }
 
-std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
-                                                        std::shared_ptr<bool> keep_data) {
+std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout) {
   // The shadow module, if the patch has one linked, lies in its data runs: found and unlinked
   // inside the pause (a patch applied without one has none to find). A kernel whose layout
   // cannot be read gave none at apply either.
@@ -97,15 +93,10 @@ std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name,
     }
   }
   if (runs.empty()) return std::nullopt;
-  return KernelEdit([l = *shadow, runs, keep_data](KernelWords& mem) -> Status {
+  return KernelEdit([l = *shadow, runs](KernelWords& mem) -> Status {
     for (const auto& [begin, end] : runs) {
       HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, l, begin, end));
-      if (mod != 0) {
-        bool keep = false;
-        Status s = UnlinkShadowModule(mem, l, mod, &keep).WithContext("unlinking the shadow module");
-        if (keep_data) *keep_data = s.ok() && keep;  // the last try's decision is the one written
-        return s;
-      }
+      if (mod != 0) return UnlinkShadowModule(mem, l, mod).WithContext("unlinking the shadow module");
     }
     return Status::Ok();
   });
@@ -352,6 +343,17 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     };
   }
   HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout, options));
+  // Atomic replace: every hvpatch patch below is taken over in this pause (atomic_replace.h).
+  // Recovery ran first, so all of them are applied. The new patch's pages were allocated with
+  // theirs still in place: no page of a replaced patch is reused before it is idle.
+  std::optional<AtomicReplacePlan> replacing;
+  if (planned.replace && !ledger.patches.empty()) {
+    std::vector<std::uint64_t> sites;
+    for (const FunctionPlan& f : planned.functions) sites.push_back(f.entry.site_va);
+    auto rp = PlanAtomicReplace(ledger.patches, *layout, sites);
+    if (!rp.ok()) return rp.status().WithContext("atomic replace by patch '" + module.name() + "'");
+    replacing = std::move(*rp);
+  }
 
   ApplyResult result;
   result.name = module.name();
@@ -363,6 +365,12 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   record.name = module.name();
   record.state = PatchState::kApplying;
   record.applied_at = static_cast<std::int64_t>(std::time(nullptr));
+  record.replace = planned.replace;
+  if (replacing) {
+    record.replaces = replacing->replaced;
+    result.replaced = replacing->replaced;
+    result.restored = replacing->restored_functions;
+  }
   CommitPlan plan;
   // The stack check names a hit by its range: each range carries the old function it covers,
   // so "code busy" says which function a blocking task is in.
@@ -399,6 +407,10 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     lf.old_size = f.old_size;
     lf.site = f.entry.site_va;
     lf.original.assign(f.entry.current.begin(), f.entry.current.end());
+    if (replacing && replacing->originals.count(f.entry.site_va) != 0) {
+      // Taken over from a replaced patch: this patch's revert gives the kernel's entry back.
+      lf.original = replacing->originals.at(f.entry.site_va);
+    }
     lf.trampoline.assign(f.trampoline.begin(), f.trampoline.end());
     lf.new_addr = f.new_va;
     lf.new_size = f.new_size;
@@ -444,9 +456,20 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     std::memcpy(e.data(), &mapping.pmd_entry, 8);
     plan.phys_writes.push_back({mapping.pmd_entry_gpa, e, "arena PMD entry"});
   }
-  for (const auto& lf : record.functions) {
-    plan.code_writes.push_back({lf.site, lf.original, lf.trampoline, "trampoline of '" + lf.name + "'"});
+  for (std::size_t i = 0; i < record.functions.size(); ++i) {
+    const LedgerFunction& lf = record.functions[i];
+    const auto& now = planned.functions[i].entry.current;  // the run-pre expectation
+    plan.code_writes.push_back({lf.site, {now.begin(), now.end()}, lf.trampoline, "trampoline of '" + lf.name + "'"});
   }
+  if (replacing) {
+    // The replaced patches' sites this patch does not take go back to the kernel's code, in the
+    // same pause; their code (all of it) must be idle, as for a revert.
+    plan.code_writes.insert(plan.code_writes.end(), replacing->restores.begin(), replacing->restores.end());
+    plan.busy.insert(plan.busy.end(), replacing->busy.begin(), replacing->busy.end());
+  }
+  // The new shadow module's data run, shared by the edits of the pause (shared_overlay_words.h).
+  std::shared_ptr<std::vector<std::uint8_t>> shadow_run;
+  std::uint64_t shadow_run_va = 0;
   if (planned.jump_table.count != 0) {
     // The guest's own text_poke() rewrites these sites when it switches a key: it must be able
     // to walk to arena code (direct_map_alias.h).
@@ -480,12 +503,30 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
       }
     }
     if (data == nullptr) return Internal("the shadow module is not in the patch's data pages");
-    plan.kernel_edits.push_back(
-        [l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes,
-         keys = planned.jump_table.enabled](KernelWords& mem) {
-          OverlayKernelWords arena(mem, run, bytes);
-          return LinkShadowModule(arena, l, va, keys).WithContext("linking the shadow module");
-        });
+    shadow_run = std::make_shared<std::vector<std::uint8_t>>(data->bytes);
+    shadow_run_va = data->va;
+    plan.kernel_edits.push_back([l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes,
+                                 shared = shadow_run, keys = planned.jump_table.enabled](KernelWords& mem) {
+      *shared = bytes;  // each try of the commit starts from the plan's bytes
+      SharedOverlayWords arena(mem, run, shared);
+      return LinkShadowModule(arena, l, va, keys).WithContext("linking the shadow module");
+    });
+  }
+  if (replacing) {
+    // The replaced patches' shadow modules are unlinked after the trampolines (see
+    // CommitPlan::final_kernel_edits: a crash before then is undone with them still linked).
+    for (const std::string& name : replacing->replaced) {
+      auto unlink = ShadowUnlinkEdit(name, *layout);
+      if (!unlink) continue;
+      if (!shadow_run) {
+        plan.final_kernel_edits.push_back(std::move(*unlink));
+        continue;
+      }
+      plan.final_kernel_edits.push_back([inner = std::move(*unlink), run = shadow_run_va, shared = shadow_run](KernelWords& mem) {
+        SharedOverlayWords arena(mem, run, shared);
+        return inner(arena);
+      });
+    }
   }
 
   if (request.dry_run) {
@@ -526,6 +567,7 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   result.commit = *committed;
   ledger.patches.back().state = PatchState::kApplied;
   ledger.arena.committed = true;
+  if (replacing) HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches.back()));
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
   if (hook_) hook_("applied");
 
@@ -555,6 +597,11 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
   HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
   LedgerPatch* patch = ledger.Find(request.name);
   if (!patch) {
+    if (const LedgerPatch* by = ledger.ReplacedBy(request.name)) {
+      return NotFound("patch '" + request.name + "' was replaced by '" + by->name + "' (atomic replace) on " +
+                      vm_.Describe() + ": its functions are '" + by->name + "''s or the kernel's own again")
+          .WithHint("revert '" + by->name + "' to get the original kernel back");
+    }
     // Live in an earlier boot, gone with it: the wanted end state holds, and nothing is written.
     for (auto a = ledger.archived.rbegin(); a != ledger.archived.rend(); ++a) {
       if (std::find(a->patches.begin(), a->patches.end(), request.name) != a->patches.end()) {
@@ -588,8 +635,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
-  auto keep_data = std::make_shared<bool>(false);
-  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout, keep_data)) plan.kernel_edits.push_back(std::move(*unlink));
+  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
   bool wrote = false;
   auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
@@ -608,7 +654,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     return committed.status();
   }
   result.commit = *committed;
-  HV_RETURN_IF_ERROR(FreePatchRuns(*layout, request.name, keep_data));
+  HV_RETURN_IF_ERROR(FreePatchRuns(*layout, request.name));
   ledger.arena.layout = layout->Serialize();
   ledger.patches.erase(ledger.patches.begin() + (patch - ledger.patches.data()));
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
@@ -646,6 +692,119 @@ Status PatchEngine::ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& n
   return store_.Save(ledger);
 }
 
+Status PatchEngine::FreePatchRuns(ArenaLayout& layout, const std::string& name) {
+  // A static key tombstone (static_keys.h) in the patch's data keeps that data allocated for
+  // good. Decided from the arena's bytes, not from the unlink that wrote it: a crash recovery
+  // that finds the module already unlinked must decide the same.
+  const KernelBtf* btf = kernel_.Btf();
+  auto shadow = btf != nullptr ? ShadowModuleLayout::Read(*btf, kernel_) : Result<ShadowModuleLayout>(NotFound("no BTF"));
+  if (shadow.ok() && shadow->keys.node_size != 0) {
+    VmKernelWords mem(vm_, kernel_.KernelPaging());
+    bool keep = false;
+    for (const auto& a : layout.allocations()) {
+      if (a.owner != name || a.memory != MemoryClass::kData) continue;
+      auto held = HoldsKeyTombstone(mem, *shadow, layout.Va(a.offset()), layout.Va(a.offset()) + a.size());
+      // Unreadable: keep the pages (a leak) rather than risk handing out memory the guest may
+      // still reach. The guest is already reverted here; the ledger must follow it.
+      keep = keep || !held.ok() || *held;
+    }
+    if (keep) HV_RETURN_IF_ERROR(layout.Transfer(name, MemoryClass::kData, kStaticKeyKeeper));
+  }
+  return layout.Free(name);
+}
+
+Status PatchEngine::DropReplaced(Ledger& ledger, const LedgerPatch& by) {
+  const std::vector<std::string> names = by.replaces;  // `by` lives in ledger.patches
+  auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+  if (!layout.ok()) return layout.status().WithContext("ledger '" + store_.Describe() + "'");
+  for (const std::string& name : names) {
+    (void)FreePatchRuns(*layout, name);  // kNotFound: it had no pages (nothing to free)
+    std::erase_if(ledger.patches, [&](const LedgerPatch& p) { return p.name == name; });
+  }
+  ledger.arena.layout = layout->Serialize();
+  return Status::Ok();
+}
+
+Status PatchEngine::RecoverReplace(Ledger& ledger, std::size_t index, std::vector<std::string>& notes) {
+  const LedgerPatch p = ledger.patches[index];
+  const std::string who = "recovering the atomic replace by patch '" + p.name + "'";
+  std::vector<LedgerPatch> below;
+  for (const std::string& name : p.replaces) {
+    const LedgerPatch* r = ledger.Find(name);
+    if (r == nullptr) {
+      return FailedPrecondition(who + ": the replaced patch '" + name + "' is not in the ledger")
+          .WithHint("the ledger '" + store_.Describe() + "' was edited or is damaged");
+    }
+    below.push_back(*r);
+  }
+  auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
+  if (!layout.ok()) return layout.status().WithContext("ledger '" + store_.Describe() + "'");
+  std::vector<std::uint64_t> sites;
+  for (const auto& f : p.functions) sites.push_back(f.site);
+  auto planned = PlanAtomicReplace(below, *layout, sites);
+  if (!planned.ok()) return planned.status().WithContext(who);
+  const AtomicReplacePlan& rp = *planned;
+
+  // The end state is: every site of the new patch holds its trampoline, every other site of the
+  // replaced patches the kernel's entry. Anything short of it is undone.
+  bool finished = true;
+  CommitPlan undo;
+  for (const auto& f : p.functions) {
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> now, ReadKernel(f.site, 5));
+    if (!SiteHolds(now, f.trampoline)) {
+      finished = false;
+      continue;
+    }
+    const auto before = rp.current.count(f.site) != 0 ? rp.current.at(f.site) : f.original;
+    undo.code_writes.push_back({f.site, f.trampoline, before, "entry of '" + f.name + "' before the replace"});
+    undo.busy.push_back({f.new_addr, f.new_addr + std::max<std::uint64_t>(f.new_size, 1), p.name + ":" + f.name});
+  }
+  for (std::size_t k = 0; k < rp.restores.size(); ++k) {
+    const CodeWrite& r = rp.restores[k];
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> now, ReadKernel(r.va, 5));
+    if (!SiteHolds(now, r.bytes)) {
+      finished = false;
+      continue;
+    }
+    undo.code_writes.push_back({r.va, r.bytes, r.expected, "trampoline of '" + rp.restored_functions[k] + "' back"});
+    undo.busy.push_back(rp.restored_code[k]);
+  }
+  std::string names;
+  for (const auto& n : p.replaces) names += std::string(names.empty() ? "" : ", ") + "'" + n + "'";
+
+  if (finished) {
+    // Every code write was done; only the replaced shadow modules' unlinks (written last) may
+    // be missing. They are idempotent: a module no longer linked is not found.
+    CommitPlan finish;
+    for (const std::string& name : p.replaces) {
+      if (auto unlink = ShadowUnlinkEdit(name, *layout)) finish.final_kernel_edits.push_back(std::move(*unlink));
+    }
+    if (!finish.final_kernel_edits.empty()) {
+      Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
+      auto r = committer.Commit(finish);
+      if (!r.ok()) return r.status().WithContext(who);
+    }
+    ledger.patches[index].state = PatchState::kApplied;
+    ledger.arena.committed = true;
+    HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches[index]));
+    notes.push_back("recovered patch '" + p.name + "' interrupted while applying: fully applied (replaced " + names + ")");
+    return store_.Save(ledger);
+  }
+  // Undo: the replaced patches' trampolines back, the new patch's module unlinked (theirs were
+  // never unlinked: that comes after the last code write), its pages freed.
+  if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
+  if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
+    Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
+    auto r = committer.Commit(undo);
+    if (!r.ok()) return r.status().WithContext(who);
+  }
+  if (FreePatchRuns(*layout, p.name).ok()) ledger.arena.layout = layout->Serialize();
+  ledger.patches.erase(ledger.patches.begin() + static_cast<std::ptrdiff_t>(index));
+  notes.push_back("recovered patch '" + p.name + "' interrupted while applying: fully reverted (" + names +
+                  " kept)");
+  return store_.Save(ledger);
+}
+
 Result<std::vector<std::string>> PatchEngine::Recover() {
   HV_ASSIGN_OR_RETURN(Ledger ledger, LoadLedger());
   // A ledger of another boot was archived by LoadLedger: its notes come first.
@@ -656,6 +815,12 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
   for (std::size_t i = 0; i < ledger.patches.size(); ++i) {
     LedgerPatch& p = ledger.patches[i];
     if (p.state == PatchState::kApplied) continue;
+    if (p.state == PatchState::kApplying && !p.replaces.empty()) {
+      // It may drop records below it: look at the ledger again from the start.
+      HV_RETURN_IF_ERROR(RecoverReplace(ledger, i, notes));
+      i = static_cast<std::size_t>(-1);
+      continue;
+    }
     std::size_t switched = 0;
     CommitPlan undo;
     for (const auto& f : p.functions) {
@@ -682,9 +847,8 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
     }
     auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
     // A link made in the interrupted pause goes too (nothing to do when there is none).
-    auto keep_data = std::make_shared<bool>(false);
     if (layout.ok()) {
-      if (auto unlink = ShadowUnlinkEdit(p.name, *layout, keep_data)) undo.kernel_edits.push_back(std::move(*unlink));
+      if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
     }
     if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
       // Partly switched: put the rest back, with the same stack check as a revert.
@@ -692,7 +856,7 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
       auto r = committer.Commit(undo);
       if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
     }
-    if (layout.ok() && FreePatchRuns(*layout, p.name, keep_data).ok()) ledger.arena.layout = layout->Serialize();
+    if (layout.ok() && FreePatchRuns(*layout, p.name).ok()) ledger.arena.layout = layout->Serialize();
     notes.push_back("recovered patch '" + p.name + "' interrupted while " +
                     (was_applying ? "applying" : "reverting") + ": fully reverted");
     ledger.patches.erase(ledger.patches.begin() + static_cast<long>(i));

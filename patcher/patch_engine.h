@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -84,6 +83,10 @@ struct ApplyResult {
   bool dry_run = false;
   bool confirmed = false;
   std::string confirmation;  // why not confirmed, or "agent"
+  // Atomic replace: the patches taken over (bottom to top), and the functions of theirs that
+  // this patch does not patch, which run the kernel's own code again.
+  std::vector<std::string> replaced;
+  std::vector<std::string> restored;
 };
 
 struct RevertResult {
@@ -141,11 +144,12 @@ class PatchEngine {
  private:
   Result<Ledger> LoadLedger();
   // The kernel edit that unlinks the shadow module of patch `name` (in its data runs of
-  // `layout`), or none when this kernel gives patches no shadow module. `*keep_data` is set when
-  // the unlink left a static key tombstone in the patch's data (static_keys.h): the caller then
-  // hands those runs to kStaticKeyKeeper instead of freeing them.
-  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
-                                             std::shared_ptr<bool> keep_data = nullptr);
+  // `layout`), or none when this kernel gives patches no shadow module.
+  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
+  // ArenaLayout::Free of patch `name`'s runs, after its shadow module was unlinked, except its
+  // data when it holds a static key tombstone (HoldsKeyTombstone, read from the arena): that data
+  // is handed to kStaticKeyKeeper, never freed (so is data that cannot be read). Errors: Free's.
+  Status FreePatchRuns(ArenaLayout& layout, const std::string& name);
   // The guest's boot_cpu_data.x86_capability, for alternatives.
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
@@ -160,6 +164,12 @@ class PatchEngine {
   Result<CommitReport> CommitWithLedger(Ledger& ledger, const CommitPlan& plan, const RetryPolicy& retry,
                                         bool* wrote);
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
+  // The end of an atomic replace by `by` (its pause done): the patches it replaced leave the
+  // ledger and their arena pages are freed (retired). Does not save.
+  Status DropReplaced(Ledger& ledger, const LedgerPatch& by);
+  // Recovery of an atomic replace that a dead hvpatch left kApplying (ledger.patches[index]):
+  // finished when every site holds the end state, else undone. Saves the ledger.
+  Status RecoverReplace(Ledger& ledger, std::size_t index, std::vector<std::string>& notes);
 
   vmm::Vm& vm_;
   const KernelView& kernel_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 
 #include "base/hex.h"
 
@@ -498,7 +499,81 @@ Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::ui
     HV_ASSIGN_OR_RETURN(std::uint64_t saved, mem.Read64(header + kHeaderSavedMax));
     HV_RETURN_IF_ERROR(mem.Write64(max_va, saved));
   }
+  return KeepBoundsCovering(mem, l);
+}
+
+Status KeepBoundsCovering(KernelWords& mem, const ShadowModuleLayout& l) {
+  // What the bounds just put back were before this module's link does not cover a module linked
+  // since without moving them: another hvpatch module above this one (patches are reverted in
+  // any order, and an atomic replace unlinks the replaced modules after linking its own), or a
+  // module the kernel loaded above the arena but below the old bound. Each must stay inside,
+  // or __module_address() misses it (exception table, kallsyms, BUG lookups).
+  const std::uint64_t min_va = l.mod_tree + l.addr_min, max_va = l.mod_tree + l.addr_max;
+  HV_ASSIGN_OR_RETURN(std::uint64_t min, mem.Read64(min_va));
+  HV_ASSIGN_OR_RETURN(std::uint64_t max, mem.Read64(max_va));
+  HV_ASSIGN_OR_RETURN(auto mods, ListEntries(mem, l.modules, "the module list"));
+  struct Linked {
+    std::uint64_t mod, base, end, header;  // header 0: a module the kernel loaded
+  };
+  std::optional<Linked> lowest, highest;  // of hvpatch's own modules
+  for (std::uint64_t e : mods) {
+    const std::uint64_t mod = e - l.list;
+    HV_ASSIGN_OR_RETURN(std::uint64_t base, mem.Read64(mod + l.core_layout + l.layout_base));
+    HV_ASSIGN_OR_RETURN(std::uint32_t size, mem.Read32(mod + l.core_layout + l.layout_size));
+    auto header = HeaderOf(mem, l, mod);
+    const Linked m{mod, base, base + size, header.ok() ? *header : 0};
+    if (m.header == 0) {
+      // The kernel's own: as mod_update_bounds() would have it.
+      min = std::min(min, m.base);
+      max = std::max(max, m.end);
+      continue;
+    }
+    if (!lowest || m.base < lowest->base) lowest = m;
+    if (!highest || m.end > highest->end) highest = m;
+  }
+  // The lowest (highest) hvpatch module takes the widening over, with the record its own unlink
+  // puts back; the others lie inside it.
+  if (lowest && lowest->base < min) {
+    HV_ASSIGN_OR_RETURN(std::uint64_t flags, mem.Read64(lowest->header + kHeaderFlags));
+    HV_RETURN_IF_ERROR(mem.Write64(lowest->header + kHeaderSavedMin, min));
+    HV_RETURN_IF_ERROR(mem.Write64(lowest->header + kHeaderFlags, flags | kLoweredMin));
+    min = lowest->base;
+  }
+  if (highest && highest->end > max) {
+    HV_ASSIGN_OR_RETURN(std::uint64_t flags, mem.Read64(highest->header + kHeaderFlags));
+    HV_RETURN_IF_ERROR(mem.Write64(highest->header + kHeaderSavedMax, max));
+    HV_RETURN_IF_ERROR(mem.Write64(highest->header + kHeaderFlags, flags | kRaisedMax));
+    max = highest->end;
+  }
+  HV_ASSIGN_OR_RETURN(std::uint64_t min_now, mem.Read64(min_va));
+  HV_ASSIGN_OR_RETURN(std::uint64_t max_now, mem.Read64(max_va));
+  if (min != min_now) HV_RETURN_IF_ERROR(mem.Write64(min_va, min));
+  if (max != max_now) HV_RETURN_IF_ERROR(mem.Write64(max_va, max));
   return Status::Ok();
+}
+
+Result<bool> HoldsKeyTombstone(KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t begin, std::uint64_t end) {
+  if (l.keys.node_size == 0) return false;
+  // The tables area starts 64-byte aligned after the image's data (plan.cpp): find its header.
+  for (std::uint64_t header = begin; header + kShadowHeaderSize <= end; header += 64) {
+    char magic[8];
+    HV_RETURN_IF_ERROR(mem.Read(header, {reinterpret_cast<std::uint8_t*>(magic), 8}));
+    if (std::memcmp(magic, kShadowMagic, 8) != 0) continue;
+    HV_ASSIGN_OR_RETURN(std::uint64_t mod, mem.Read64(header + kShadowHeaderSize + l.use_source));
+    if (mod < begin || mod >= end) continue;  // not a header of ours after all
+    HV_ASSIGN_OR_RETURN(std::uint32_t entries, mem.Read32(mod + l.keys.num_jump_entries));
+    HV_ASSIGN_OR_RETURN(std::uint64_t nodes, mem.Read64(header + kHeaderKeyNodes));
+    if (entries > (end - begin) / 16) return FailedPrecondition("shadow module at " + Hex(mod) + " claims " + std::to_string(entries) + " jump entries");
+    for (std::uint64_t k = 0; k < entries; ++k) {
+      const std::uint64_t own = nodes + 2 * k * l.keys.node_size;
+      if (own < begin || own + l.keys.node_size > end) break;
+      HV_ASSIGN_OR_RETURN(std::uint64_t node_mod, mem.Read64(own + l.keys.node_mod));
+      HV_ASSIGN_OR_RETURN(std::uint64_t node_entries, mem.Read64(own + l.keys.node_entries));
+      if (node_mod == mod && node_entries == 0) return true;
+    }
+    return false;
+  }
+  return false;
 }
 
 Result<ModuleStructures> ReadModuleStructures(KernelWords& mem, const ShadowModuleLayout& l) {

@@ -136,6 +136,17 @@ Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std:
 // Errors: as LinkShadowModule; kNotFound when the module is not linked.
 Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va,
                           bool* keep_memory = nullptr);
+// Part of UnlinkShadowModule: widens mod_tree's bounds again for every module still linked that
+// the bounds put back leave outside (as mod_update_bounds() would); the lowest (highest) hvpatch
+// module takes the widening over in its header, so its own unlink puts back the kernel's bound.
+Status KeepBoundsCovering(KernelWords& mem, const ShadowModuleLayout& layout);
+
+// True when the shadow module whose tables lie in [begin, end) (a patch's data run) left a static
+// key tombstone at its unlink: one of its own key nodes still names it, with no entries
+// (static_keys.h). Such data must never be freed. False for a run without a shadow module.
+// Errors: memory errors.
+Result<bool> HoldsKeyTombstone(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t begin,
+                               std::uint64_t end);
 
 // The guest's module structures, as read for a before/after comparison.
 struct ModuleStructures {

@@ -557,28 +557,56 @@ TEST_F(ShadowIntegrationTest, KernelLivepatchSamplesApplyAsInGuest) {
 
   // Shadow variables: the module leaks, fix1 stops the leak with a shadow variable, fix2 adds a
   // counter in another one. Each prints what it does.
+  const std::string prevented_line = "livepatch_fix1_dummy_leak_dtor: dummy @ .*, prevented leak @";
+  const std::string counted_line = "livepatch_fix2_dummy_free: dummy @ .*, check counter = ";
+  // How many kernel log lines match `pattern`, once one does or after `seconds`.
+  auto logged = [&](const std::string& pattern, int seconds) {
+    return Trim(Guest("for i in $(seq " + std::to_string(seconds * 2) + "); do dmesg | grep -q '" + pattern +
+                          "' && break; sleep 0.5; done; dmesg | grep -c '" + pattern + "' || true",
+                      seconds + 30));
+  };
   PushFile(*guest_, ko("livepatch-shadow-mod"), "/tmp/livepatch-shadow-mod.ko");
+  PushFile(*guest_, ko("livepatch-shadow-fix1"), "/tmp/livepatch-shadow-fix1.ko");
+  PushFile(*guest_, ko("livepatch-shadow-fix2"), "/tmp/livepatch-shadow-fix2.ko");
+  {
+    // The oracle first: the same fixes loaded with insmod, under the guest's own livepatch,
+    // print what the host-applied ones must print below. Their module exits free every shadow
+    // variable they made (klp_shadow_free_all), so the host's run starts from none.
+    SCOPED_TRACE("in-guest livepatch (the oracle)");
+    const std::string settle =
+        "for i in $(seq 100); do grep -q 1 /sys/kernel/livepatch/*/transition 2>/dev/null || break; sleep 0.2; done; ";
+    Guest("dmesg -c > /dev/null");
+    ASSERT_EQ(Trim(Guest("insmod /tmp/livepatch-shadow-mod.ko; echo rc=$?")), "rc=0");
+    ASSERT_EQ(Trim(Guest("insmod /tmp/livepatch-shadow-fix1.ko; echo rc=$?; " + settle)), "rc=0");
+    EXPECT_NE(logged(prevented_line, 20), "0") << Guest("dmesg | tail -30");
+    ASSERT_EQ(Trim(Guest("insmod /tmp/livepatch-shadow-fix2.ko; echo rc=$?; " + settle)), "rc=0");
+    EXPECT_NE(logged(counted_line, 10), "0") << Guest("dmesg | tail -30");
+    EXPECT_EQ(Trim(Guest("for p in livepatch_shadow_fix2 livepatch_shadow_fix1; do "
+                         "echo 0 > /sys/kernel/livepatch/$p/enabled; "
+                         "for i in $(seq 100); do [ -e /sys/kernel/livepatch/$p ] || break; sleep 0.2; done; "
+                         "rmmod $p || echo rmmod $p failed; done; rmmod livepatch_shadow_mod; echo rc=$?")),
+              "rc=0");
+    EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+    Guest("dmesg -c > /dev/null");
+  }
   ASSERT_EQ(Trim(Guest("insmod /tmp/livepatch-shadow-mod.ko; echo rc=$?")), "rc=0");
   HvpatchRun fix1 = Hv({"apply", Domain(), ko("livepatch-shadow-fix1")});
   ASSERT_EQ(fix1.exit_code, 0) << Describe(fix1);
   // A dummy allocated by the patched dummy_alloc expires after 12 s and is freed by the
   // patched dummy_free, whose shadow-variable destructor frees the leak and says so.
-  const std::string prevented =
-      Guest("for i in $(seq 40); do dmesg | grep -q 'livepatch_fix1_dummy_leak_dtor: dummy @ .*, prevented leak @' && break; "
-            "sleep 0.5; done; dmesg | grep -c 'livepatch_fix1_dummy_leak_dtor: dummy @ .*, prevented leak @' || true",
-            60);
-  EXPECT_NE(Trim(prevented), "0") << Guest("dmesg | tail -30");
+  EXPECT_NE(logged(prevented_line, 20), "0") << Guest("dmesg | tail -30");
   HvpatchRun fix2 = Hv({"apply", Domain(), ko("livepatch-shadow-fix2")});
   ASSERT_EQ(fix2.exit_code, 0) << Describe(fix2);
-  const std::string counted =
-      Guest("for i in $(seq 20); do dmesg | grep -q 'livepatch_fix2_dummy_free: dummy @ .*, check counter = ' && break; "
-            "sleep 0.5; done; dmesg | grep -c 'livepatch_fix2_dummy_free: dummy @ .*, check counter = ' || true",
-            30);
-  EXPECT_NE(Trim(counted), "0") << Guest("dmesg | tail -30");
+  EXPECT_NE(logged(counted_line, 10), "0") << Guest("dmesg | tail -30");
   for (const char* name : {"livepatch_shadow_fix2", "livepatch_shadow_fix1"}) {
     HvpatchRun r = Hv({"revert", Domain(), name});
     EXPECT_EQ(r.exit_code, 0) << Describe(r);
   }
+  // After the revert the module's own dummy_free runs again, and no fix prints any more.
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+  Guest("dmesg -c > /dev/null");
+  EXPECT_NE(logged("] dummy_free: dummy @ .*, expired = ", 20), "0") << Guest("dmesg | tail -30");
+  EXPECT_EQ(Trim(Guest("dmesg | grep -c livepatch_fix || true")), "0") << Guest("dmesg | tail -30");
   EXPECT_EQ(Trim(Guest("rmmod livepatch_shadow_mod; echo rc=$?")), "rc=0");
   EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
 }

@@ -205,6 +205,32 @@ TEST_F(CommitTest, KernelEditIsDecidedInThePauseAndWrittenBeforeTheTrampolines) 
   EXPECT_THAT(names, ::testing::Contains("kernel_edits"));
 }
 
+// An atomic replace unlinks the replaced patches' modules only once no trampoline leads to them.
+TEST_F(CommitTest, FinalKernelEditSeesTheFirstEditsAndIsWrittenAfterTheCodeWrites) {
+  const std::uint64_t word = kText + 0x2000;
+  vm_.PokeVirt(word, {41, 0, 0, 0, 0, 0, 0, 0});
+  plan_.kernel_edits.push_back([&](KernelWords& mem) -> Status { return mem.Write64(word, 42); });
+  plan_.final_kernel_edits.push_back([&](KernelWords& mem) -> Status {
+    HV_ASSIGN_OR_RETURN(std::uint64_t v, mem.Read64(word));
+    EXPECT_EQ(v, 42u) << "the final edit reads what the first edits staged";
+    return mem.Write64(word, v + 1);
+  });
+  std::vector<std::string> seen;
+  Committer c(vm_, stacks_, {5, std::chrono::milliseconds(0)}, [&](std::string_view step) {
+    if (step == "code_written:1") seen.push_back("at the trampoline: " + std::to_string(vm_.PeekVirt(word, 1)[0]));
+  });
+  auto r = c.Commit(plan_);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_THAT(seen, ::testing::ElementsAre("at the trampoline: 42"));
+  EXPECT_EQ(vm_.PeekVirt(word, 1)[0], 43);
+  EXPECT_EQ(vm_.PeekVirt(kOld, 5), kJmp);
+  std::vector<std::string> names;
+  for (const auto& p : r->phases) names.push_back(p.name);
+  EXPECT_THAT(names, ::testing::ElementsAre("pause", "vcpus", "stacks", "stack_check", "run_pre", "kernel_reads",
+                                            "phys_writes", "kernel_edits", "code_writes", "final_kernel_edits",
+                                            "resume"));
+}
+
 TEST_F(CommitTest, BusyKernelEditIsRetriedAndFinallyReportedUntouched) {
   int calls = 0;
   plan_.kernel_edits.push_back([&](KernelWords&) -> Status {

@@ -63,6 +63,24 @@ TEST_F(StateDirTest, LedgerRoundTripsThroughTheFile) {
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/vm.json.tmp"));
 }
 
+TEST_F(StateDirTest, AtomicReplaceRecordRoundTrips) {
+  LedgerFile f(dir_ + "/vm.json");
+  patcher::Ledger l = SampleLedger();
+  l.patches[0].replace = true;
+  l.patches[0].replaces = {"hvp_two", "hvp_meminfo"};
+  ASSERT_THAT(f.Save(l), IsOk());
+  auto back = f.Load();
+  ASSERT_THAT(back, IsOk());
+  EXPECT_TRUE(back->patches.at(0).replace);
+  EXPECT_EQ(back->patches.at(0).replaces, (std::vector<std::string>{"hvp_two", "hvp_meminfo"}));
+  // A plain patch writes neither field, and one without them reads as plain.
+  ASSERT_THAT(f.Save(SampleLedger()), IsOk());
+  back = f.Load();
+  ASSERT_THAT(back, IsOk());
+  EXPECT_FALSE(back->patches.at(0).replace);
+  EXPECT_TRUE(back->patches.at(0).replaces.empty());
+}
+
 TEST_F(StateDirTest, BootIdentityAndArchiveHistoryRoundTrip) {
   LedgerFile f(dir_ + "/vm.json");
   patcher::Ledger in = SampleLedger();

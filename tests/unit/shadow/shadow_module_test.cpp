@@ -132,9 +132,36 @@ TEST_F(ShadowLinkTest, UnlinkKeepsBoundsThatALaterLoadMoved) {
   MakeModule(1, 0xffffffffc0001000ull, 0x1000);  // a module loaded after the patch
   ASSERT_TRUE(LinkShadowModule(mem_, l_, ModuleVa(1)).ok());
   ASSERT_TRUE(UnlinkShadowModule(mem_, l_, ModuleVa(0)).ok());
-  EXPECT_EQ(mem_.Get64(kModTree + l_.addr_min), ~0ull);  // hvpatch lowered it first: put back
+  // hvpatch lowered it first: put back, but not past the later module, which stays covered.
+  EXPECT_EQ(mem_.Get64(kModTree + l_.addr_min), 0xffffffffc0001000ull);
   EXPECT_EQ(mem_.Get64(kModTree + l_.addr_max), 0xffffffffc0002000ull);  // the later load's
   EXPECT_EQ(Read().modules, std::vector<std::uint64_t>{ModuleVa(1)});
+}
+
+// Two patches in the arena, the first one lower. Unlinking the first (a revert out of order, or
+// an atomic replace unlinking the module it replaces after linking its own) must leave the
+// second covered, and the second's unlink then puts back the kernel's own bounds.
+TEST_F(ShadowLinkTest, UnlinkOfALowerPatchKeepsAHigherOneCoveredInEitherOrder) {
+  const std::uint64_t area = 0xffffffffc0000000ull;
+  MakeModule(0, area + 0x4000, 0x1000);  // the kernel's own module
+  ASSERT_TRUE(LinkShadowModule(mem_, l_, ModuleVa(0)).ok());
+  const ModuleStructures kernel_only = Read();
+  const std::uint64_t a = 0xffffffff86200000ull, b = 0xffffffff86203000ull;
+  for (bool lower_first : {true, false}) {
+    SCOPED_TRACE(lower_first ? "lower one unlinked first" : "higher one unlinked first");
+    MakeModule(1, a, 0x2000);
+    MakeModule(2, b, 0x1000);
+    ASSERT_TRUE(LinkShadowModule(mem_, l_, ModuleVa(1)).ok());
+    ASSERT_TRUE(LinkShadowModule(mem_, l_, ModuleVa(2)).ok());
+    EXPECT_EQ(mem_.Get64(kModTree + l_.addr_min), a);
+    ASSERT_TRUE(UnlinkShadowModule(mem_, l_, ModuleVa(lower_first ? 1 : 2)).ok());
+    EXPECT_EQ(mem_.Get64(kModTree + l_.addr_min), lower_first ? b : a) << "the one still linked is covered";
+    ASSERT_TRUE(UnlinkShadowModule(mem_, l_, ModuleVa(lower_first ? 2 : 1)).ok());
+    const ModuleStructures after = Read();
+    EXPECT_EQ(after.addr_min, kernel_only.addr_min);
+    EXPECT_EQ(after.addr_max, kernel_only.addr_max);
+    EXPECT_EQ(after.modules, kernel_only.modules);
+  }
 }
 
 TEST_F(ShadowLinkTest, HeldModuleMutexIsBusyAndStagesNothing) {
