@@ -295,3 +295,58 @@ TEST(ShadowModuleBuild, WithoutShadowTHIS_MODULEIsStillRefused) {
 
 }  // namespace
 }  // namespace hv::patcher
+
+namespace hv::patcher {
+namespace {
+
+// The shadow module links its jump entries to their keys after the lists, unlinks them first,
+// and a tombstone left at the unlink is found again from the module's own bytes (what decides
+// that its data is never freed, also in a crash recovery that finds the module unlinked).
+TEST_F(ShadowLinkTest, StaticKeysAreLinkedWithTheModuleAndATombstoneIsFoundInItsData) {
+  auto Held = [](KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t begin, std::uint64_t end) {
+    auto r = HoldsKeyTombstone(mem, l, begin, end);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    return r.ok() ? std::optional<bool>(*r) : std::nullopt;
+  };
+  const std::uint64_t key = kBase + 0x1400, vmlinux_entries = kBase + 0x1500, guest_node = kBase + 0x1700;
+  l_.keys.key_enabled = 0, l_.keys.key_type = 8;
+  l_.keys.node_size = 24, l_.keys.node_next = 0, l_.keys.node_entries = 8, l_.keys.node_mod = 16;
+  l_.keys.jump_entries = 0x340, l_.keys.num_jump_entries = 0x348;
+  l_.keys.jump_label_mutex = kBase + 0x1600;
+  l_.keys.vmlinux_begin = kBase, l_.keys.vmlinux_end = kBase + 0x2000;
+  mem_.Set64(key + 8, vmlinux_entries);
+  auto make = [&](int i) {
+    MakeModule(i, 0xffffffffa0000000ull + 0x10000ull * static_cast<std::uint64_t>(i), 0x1000);
+    const std::uint64_t mod = ModuleVa(i), tables = mod + 0x1000, table = mod + 0x2000;
+    mem_.Set64(tables + 32, tables + 0x200);                                   // the key nodes
+    mem_.Set64(tables + kShadowHeaderSize + l_.use_source, mod);               // module_use.source
+    mem_.Set64(mod + l_.keys.jump_entries, table);
+    mem_.Set64(mod + l_.keys.num_jump_entries, 1);
+    mem_.Set64(table + 8, key - (table + 8));
+  };
+  make(0);
+  ASSERT_THAT(LinkShadowModule(mem_, l_, ModuleVa(0), {false}), IsOk());
+  EXPECT_EQ(mem_.Get64(key + 8), (ModuleVa(0) + 0x1200) | 2);
+  // A guest module joins the key.
+  mem_.Set64(guest_node, ModuleVa(0) + 0x1200);
+  mem_.Set64(guest_node + 8, kBase + 0x1800);
+  mem_.Set64(guest_node + 16, 0xffffffffc0001000ull);
+  mem_.Set64(key + 8, guest_node | 2);
+  bool keep = false;
+  ASSERT_THAT(UnlinkShadowModule(mem_, l_, ModuleVa(0), &keep), IsOk());
+  EXPECT_TRUE(keep);
+  EXPECT_EQ(Held(mem_, l_, ModuleVa(0), ModuleVa(0) + 0x10000), std::optional<bool>(true));
+
+  // Another patch on the same key: linked beside, unlinked alone, nothing kept.
+  make(1);
+  ASSERT_THAT(LinkShadowModule(mem_, l_, ModuleVa(1), {false}), IsOk());
+  ASSERT_THAT(UnlinkShadowModule(mem_, l_, ModuleVa(1), &keep), IsOk());
+  EXPECT_FALSE(keep);
+  EXPECT_EQ(Held(mem_, l_, ModuleVa(1), ModuleVa(1) + 0x10000), std::optional<bool>(false));
+  EXPECT_EQ(mem_.Get64(key + 8), guest_node | 2);
+  // A run without a shadow module holds none.
+  EXPECT_EQ(Held(mem_, l_, kBase + 0x80000, kBase + 0x81000), std::optional<bool>(false));
+}
+
+}  // namespace
+}  // namespace hv::patcher
