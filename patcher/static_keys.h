@@ -21,7 +21,8 @@
 //                 the list meanwhile, our node stays on it as an inert tombstone (entries NULL:
 //                 __jump_label_mod_update skips it; mod = our old struct module, which no module
 //                 will ever be again) and the memory of both is kept for good (the caller must
-//                 not retire it: `*keep_memory`).
+//                 not retire it: `*keep_memory` here, HoldsKeyTombstone in shadow_module.h when
+//                 deciding later from the arena's bytes).
 // Only keys of vmlinux are supported: a key in a guest module would be freed with that module,
 // and a key defined in the patch itself would need its own entry list; both are refused by name.
 #pragma once
