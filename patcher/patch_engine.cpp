@@ -704,9 +704,9 @@ Status PatchEngine::FreePatchRuns(ArenaLayout& layout, const std::string& name) 
     for (const auto& a : layout.allocations()) {
       if (a.owner != name || a.memory != MemoryClass::kData) continue;
       auto held = HoldsKeyTombstone(mem, *shadow, layout.Va(a.offset()), layout.Va(a.offset()) + a.size());
-      // Unreadable: keep the pages (a leak) rather than risk handing out memory the guest may
-      // still reach. The guest is already reverted here; the ledger must follow it.
-      keep = keep || !held.ok() || *held;
+      // Unreadable through the guest's page tables (e.g. an apply killed before its PTE writes):
+      // then the guest never reached it either, so it cannot hold a node of the guest's lists.
+      keep = keep || (held.ok() && *held);
     }
     if (keep) HV_RETURN_IF_ERROR(layout.Transfer(name, MemoryClass::kData, kStaticKeyKeeper));
   }

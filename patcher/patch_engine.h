@@ -148,7 +148,8 @@ class PatchEngine {
   std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
   // ArenaLayout::Free of patch `name`'s runs, after its shadow module was unlinked, except its
   // data when it holds a static key tombstone (HoldsKeyTombstone, read from the arena): that data
-  // is handed to kStaticKeyKeeper, never freed (so is data that cannot be read). Errors: Free's.
+  // is handed to kStaticKeyKeeper, never freed. Data the guest's page tables do not map (an apply
+  // killed before its PTE writes) cannot hold one. Errors: Free's.
   Status FreePatchRuns(ArenaLayout& layout, const std::string& name);
   // The guest's boot_cpu_data.x86_capability, for alternatives.
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
