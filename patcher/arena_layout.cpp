@@ -123,6 +123,20 @@ Result<ArenaAllocation> ArenaLayout::Allocate(std::string_view owner, std::uint3
                      std::string(MemoryClassName(memory)) + " pages for '" + std::string(owner) + "'");
 }
 
+Status ArenaLayout::Transfer(std::string_view owner, MemoryClass memory, std::string_view keeper) {
+  if (!ValidOwner(keeper)) return InvalidArgument("arena owner '" + std::string(keeper) + "' is not a module name");
+  bool found = false;
+  for (auto& a : allocations_) {
+    if (a.owner != owner || a.memory != memory) continue;
+    a.owner = std::string(keeper);
+    found = true;
+  }
+  if (!found) {
+    return NotFound("arena has no " + std::string(MemoryClassName(memory)) + " pages of '" + std::string(owner) + "'");
+  }
+  return Status::Ok();
+}
+
 Status ArenaLayout::Free(std::string_view owner) {
   bool found = false;
   for (const auto& a : allocations_) {
@@ -169,7 +183,9 @@ std::array<std::uint8_t, kArenaPageSize> ArenaLayout::PteTable() const {
 
 std::uint64_t ArenaLayout::PmdEntry() const {
   namespace pte = vmm::pte;
-  return (base_gpa_ & pte::kAddrMask) | pte::kPresent | pte::kWritable | pte::kAccessed;
+  // D too: the kernel's pmd_bad() wants exactly _KERNPG_TABLE (P|RW|A|D) in a table entry, or
+  // its own walks (vmalloc_to_page() in text_poke(), direct_map_alias.h) refuse the arena.
+  return (base_gpa_ & pte::kAddrMask) | pte::kPresent | pte::kWritable | pte::kAccessed | pte::kDirty;
 }
 
 std::string ArenaLayout::Serialize() const {

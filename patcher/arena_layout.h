@@ -79,6 +79,10 @@ class ArenaLayout {
 
   // Frees every run of `owner` (its pages become retired). Errors: kNotFound if it has none.
   Status Free(std::string_view owner);
+  // Hands `owner`'s runs of class `memory` over to `keeper`, so Free(owner) leaves them allocated
+  // (memory the guest kernel keeps a pointer to for good, e.g. a static key tombstone).
+  // Errors: kNotFound if it has none, kInvalidArgument for a bad keeper name.
+  Status Transfer(std::string_view owner, MemoryClass memory, std::string_view keeper);
 
   // The guest VA and GPA of byte `offset` of the arena.
   std::uint64_t Va(std::uint64_t offset) const { return base_va_ + offset; }
@@ -93,7 +97,8 @@ class ArenaLayout {
   std::uint64_t PteValue(std::uint32_t page) const;
   // The whole table (page 0), little-endian, 512 entries (pages past size() are 0).
   std::array<std::uint8_t, kArenaPageSize> PteTable() const;
-  // The PMD entry that maps the slot through page 0: P | RW | A, executable (each PTE decides).
+  // The PMD entry that maps the slot through page 0: P | RW | A | D (the kernel's _KERNPG_TABLE),
+  // executable (each PTE decides).
   std::uint64_t PmdEntry() const;
 
   // Text form for the ledger, one record a line:

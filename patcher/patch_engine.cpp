@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <random>
 #include <set>
 
 #include "base/hex.h"
 #include "patcher/arena_layout.h"
 #include "patcher/atomic_replace.h"
+#include "patcher/direct_map_alias.h"
 #include "patcher/entry_site.h"
 #include "patcher/patch_module.h"
 #include "patcher/plan.h"
@@ -21,6 +23,15 @@ namespace {
 // The kernel-image window: __START_KERNEL_map. One PMD table maps its 1 GiB in 2 MiB entries.
 constexpr std::uint64_t kKernelImageBase = 0xffffffff80000000ull;
 constexpr std::uint64_t kSlot = 2ull << 20;
+// Arena owner of data runs the guest kernel keeps pointers to for good (static key tombstones,
+// static_keys.h). Patch names are module names, which never contain '-'.
+constexpr std::string_view kStaticKeyKeeper = "hvpatch-key-tombstones";
+
+// Frees `name`'s arena runs, except its data when the unlink left a tombstone there.
+Status FreePatchRuns(ArenaLayout& layout, const std::string& name, const std::shared_ptr<bool>& keep_data) {
+  if (keep_data && *keep_data) HV_RETURN_IF_ERROR(layout.Transfer(name, MemoryClass::kData, kStaticKeyKeeper));
+  return layout.Free(name);
+}
 
 
 std::uint64_t ReadQ(const std::vector<std::uint8_t>& b) {
@@ -73,7 +84,8 @@ Result<std::vector<std::uint8_t>> PatchEngine::ReadKernel(std::uint64_t va, std:
   return out;
 }
 
-std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout) {
+std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
+                                                        std::shared_ptr<bool> keep_data) {
   // The shadow module, if the patch has one linked, lies in its data runs: found and unlinked
   // inside the pause (a patch applied without one has none to find). A kernel whose layout
   // cannot be read gave none at apply either.
@@ -88,10 +100,15 @@ std::optional<KernelEdit> PatchEngine::ShadowUnlinkEdit(const std::string& name,
     }
   }
   if (runs.empty()) return std::nullopt;
-  return KernelEdit([l = *shadow, runs](KernelWords& mem) -> Status {
+  return KernelEdit([l = *shadow, runs, keep_data](KernelWords& mem) -> Status {
     for (const auto& [begin, end] : runs) {
       HV_ASSIGN_OR_RETURN(std::uint64_t mod, FindLinkedModule(mem, l, begin, end));
-      if (mod != 0) return UnlinkShadowModule(mem, l, mod).WithContext("unlinking the shadow module");
+      if (mod != 0) {
+        bool keep = false;
+        Status s = UnlinkShadowModule(mem, l, mod, &keep).WithContext("unlinking the shadow module");
+        if (keep_data) *keep_data = s.ok() && keep;  // the last try's decision is the one written
+        return s;
+      }
     }
     return Status::Ok();
   });
@@ -330,6 +347,12 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     HV_ASSIGN_OR_RETURN(shadow, ShadowModuleLayout::Read(*btf, kernel_));
     options.shadow = &*shadow;
     HV_ASSIGN_OR_RETURN(options.cpu, ReadCpuFeatures(*btf));
+    options.read_key = [this, off = shadow->keys.key_enabled](std::uint64_t key) -> Result<std::int32_t> {
+      HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(key + off, 4));
+      std::int32_t v;
+      std::memcpy(&v, raw.data(), 4);
+      return v;
+    };
   }
   HV_ASSIGN_OR_RETURN(PatchPlan planned, BuildPlan(module, kernel_, reader, *layout, options));
   // Atomic replace: every hvpatch patch below is taken over in this pause (atomic_replace.h).
@@ -450,12 +473,35 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     const auto& now = planned.functions[i].entry.current;  // the run-pre expectation
     plan.code_writes.push_back({lf.site, {now.begin(), now.end()}, lf.trampoline, "trampoline of '" + lf.name + "'"});
   }
+  if (planned.jump_table.count != 0) {
+    // The guest's own text_poke() rewrites these sites when it switches a key: it must be able
+    // to walk to arena code (direct_map_alias.h).
+    DirectMapAlias alias{0, 0, mode.la57, layout->base_gpa(), layout->size(), 0};
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol pob, kernel_.Resolve("page_offset_base", "vmlinux", 0));
+    HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> raw, ReadKernel(pob.address, 8));
+    alias.page_offset_base = ReadQ(raw);
+    HV_ASSIGN_OR_RETURN(ResolvedSymbol pgd, kernel_.Resolve("init_top_pgt", "vmlinux", 0));
+    alias.pgd_va = pgd.address;
+    HV_ASSIGN_OR_RETURN(std::vector<PhysWrite> writes, PlanDirectMapAlias(planned.arena_after, &alias));
+    plan.phys_writes.insert(plan.phys_writes.end(), writes.begin(), writes.end());
+    if ((mapping.pmd_entry & vmm::pte::kDirty) == 0) {
+      // Mapped by an hvpatch that did not set D: the kernel's walk refuses such a table entry.
+      mapping.pmd_entry |= vmm::pte::kDirty;
+      std::vector<std::uint8_t> e(8);
+      std::memcpy(e.data(), &mapping.pmd_entry, 8);
+      plan.phys_writes.push_back({mapping.pmd_entry_gpa, e, "arena PMD entry (with D)"});
+    }
+    plan.kernel_edits.push_back([alias](KernelWords& mem) {
+      return LinkDirectMapAlias(mem, alias).WithContext("mapping the arena into the guest's direct map");
+    });
+  }
   if (replacing) {
     // The replaced patches' sites this patch does not take go back to the kernel's code, in the
     // same pause; their code (all of it) must be idle, as for a revert.
     plan.code_writes.insert(plan.code_writes.end(), replacing->restores.begin(), replacing->restores.end());
     plan.busy.insert(plan.busy.end(), replacing->busy.begin(), replacing->busy.end());
   }
+  std::map<std::string, std::shared_ptr<bool>> replaced_keep;  // name -> its data must stay
   // The new shadow module's data run, shared by the edits of the pause (shared_overlay_words.h).
   std::shared_ptr<std::vector<std::uint8_t>> shadow_run;
   std::uint64_t shadow_run_va = 0;
@@ -473,17 +519,19 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     shadow_run = std::make_shared<std::vector<std::uint8_t>>(data->bytes);
     shadow_run_va = data->va;
     plan.kernel_edits.push_back([l = *shadow, va = planned.shadow->module_va, run = data->va, bytes = data->bytes,
-                                 shared = shadow_run](KernelWords& mem) {
+                                 shared = shadow_run, keys = planned.jump_table.enabled](KernelWords& mem) {
       *shared = bytes;  // each try of the commit starts from the plan's bytes
       SharedOverlayWords arena(mem, run, shared);
-      return LinkShadowModule(arena, l, va).WithContext("linking the shadow module");
+      return LinkShadowModule(arena, l, va, keys).WithContext("linking the shadow module");
     });
   }
   if (replacing) {
     // The replaced patches' shadow modules are unlinked after the trampolines (see
     // CommitPlan::final_kernel_edits: a crash before then is undone with them still linked).
     for (const std::string& name : replacing->replaced) {
-      auto unlink = ShadowUnlinkEdit(name, *layout);
+      // A replaced patch's static keys may leave a tombstone in its data (static_keys.h).
+      replaced_keep[name] = std::make_shared<bool>(false);
+      auto unlink = ShadowUnlinkEdit(name, *layout, replaced_keep[name]);
       if (!unlink) continue;
       if (!shadow_run) {
         plan.final_kernel_edits.push_back(std::move(*unlink));
@@ -534,7 +582,7 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
   result.commit = *committed;
   ledger.patches.back().state = PatchState::kApplied;
   ledger.arena.committed = true;
-  if (replacing) HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches.back()));
+  if (replacing) HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches.back(), replaced_keep));
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
   if (hook_) hook_("applied");
 
@@ -602,7 +650,8 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     plan.code_writes.push_back({f.site, f.trampoline, f.original, "original entry of '" + f.name + "'"});
     result.functions.push_back(f.name);
   }
-  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout)) plan.kernel_edits.push_back(std::move(*unlink));
+  auto keep_data = std::make_shared<bool>(false);
+  if (auto unlink = ShadowUnlinkEdit(patch->name, *layout, keep_data)) plan.kernel_edits.push_back(std::move(*unlink));
   patch->state = PatchState::kReverting;
   bool wrote = false;
   auto committed = CommitWithLedger(ledger, plan, request.retry, &wrote);
@@ -621,7 +670,7 @@ Result<RevertResult> PatchEngine::Revert(const RevertRequest& request) {
     return committed.status();
   }
   result.commit = *committed;
-  HV_RETURN_IF_ERROR(layout->Free(request.name));
+  HV_RETURN_IF_ERROR(FreePatchRuns(*layout, request.name, keep_data));
   ledger.arena.layout = layout->Serialize();
   ledger.patches.erase(ledger.patches.begin() + (patch - ledger.patches.data()));
   HV_RETURN_IF_ERROR(store_.Save(ledger).WithContext("writing the ledger"));
@@ -659,12 +708,18 @@ Status PatchEngine::ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& n
   return store_.Save(ledger);
 }
 
-Status PatchEngine::DropReplaced(Ledger& ledger, const LedgerPatch& by) {
+Status PatchEngine::DropReplaced(Ledger& ledger, const LedgerPatch& by,
+                                 const std::map<std::string, std::shared_ptr<bool>>& keep_data) {
   const std::vector<std::string> names = by.replaces;  // `by` lives in ledger.patches
   auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
   if (!layout.ok()) return layout.status().WithContext("ledger '" + store_.Describe() + "'");
   for (const std::string& name : names) {
-    (void)layout->Free(name);  // kNotFound: it had no pages (nothing to free)
+    const auto keep = keep_data.find(name);
+    if (keep != keep_data.end() && keep->second && *keep->second) {
+      HV_RETURN_IF_ERROR(FreePatchRuns(*layout, name, keep->second));
+    } else {
+      (void)layout->Free(name);  // kNotFound: it had no pages (nothing to free)
+    }
     std::erase_if(ledger.patches, [&](const LedgerPatch& p) { return p.name == name; });
   }
   ledger.arena.layout = layout->Serialize();
@@ -722,8 +777,10 @@ Status PatchEngine::RecoverReplace(Ledger& ledger, std::size_t index, std::vecto
     // Every code write was done; only the replaced shadow modules' unlinks (written last) may
     // be missing. They are idempotent: a module no longer linked is not found.
     CommitPlan finish;
+    std::map<std::string, std::shared_ptr<bool>> keep;
     for (const std::string& name : p.replaces) {
-      if (auto unlink = ShadowUnlinkEdit(name, *layout)) finish.final_kernel_edits.push_back(std::move(*unlink));
+      keep[name] = std::make_shared<bool>(false);
+      if (auto unlink = ShadowUnlinkEdit(name, *layout, keep[name])) finish.final_kernel_edits.push_back(std::move(*unlink));
     }
     if (!finish.final_kernel_edits.empty()) {
       Committer committer(vm_, stacks_, {5, std::chrono::milliseconds(1000)});
@@ -732,7 +789,7 @@ Status PatchEngine::RecoverReplace(Ledger& ledger, std::size_t index, std::vecto
     }
     ledger.patches[index].state = PatchState::kApplied;
     ledger.arena.committed = true;
-    HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches[index]));
+    HV_RETURN_IF_ERROR(DropReplaced(ledger, ledger.patches[index], keep));
     notes.push_back("recovered patch '" + p.name + "' interrupted while applying: fully applied (replaced " + names + ")");
     return store_.Save(ledger);
   }
@@ -793,8 +850,9 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
     }
     auto layout = ArenaLayout::Deserialize(ledger.arena.layout);
     // A link made in the interrupted pause goes too (nothing to do when there is none).
+    auto keep_data = std::make_shared<bool>(false);
     if (layout.ok()) {
-      if (auto unlink = ShadowUnlinkEdit(p.name, *layout)) undo.kernel_edits.push_back(std::move(*unlink));
+      if (auto unlink = ShadowUnlinkEdit(p.name, *layout, keep_data)) undo.kernel_edits.push_back(std::move(*unlink));
     }
     if (!undo.code_writes.empty() || !undo.kernel_edits.empty()) {
       // Partly switched: put the rest back, with the same stack check as a revert.
@@ -802,7 +860,7 @@ Result<std::vector<std::string>> PatchEngine::Recover() {
       auto r = committer.Commit(undo);
       if (!r.ok()) return r.status().WithContext("recovering patch '" + p.name + "'");
     }
-    if (layout.ok() && layout->Free(p.name).ok()) ledger.arena.layout = layout->Serialize();
+    if (layout.ok() && FreePatchRuns(*layout, p.name, keep_data).ok()) ledger.arena.layout = layout->Serialize();
     notes.push_back("recovered patch '" + p.name + "' interrupted while " +
                     (was_applying ? "applying" : "reverting") + ": fully reverted");
     ledger.patches.erase(ledger.patches.begin() + static_cast<long>(i));

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -144,8 +146,11 @@ class PatchEngine {
  private:
   Result<Ledger> LoadLedger();
   // The kernel edit that unlinks the shadow module of patch `name` (in its data runs of
-  // `layout`), or none when this kernel gives patches no shadow module.
-  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout);
+  // `layout`), or none when this kernel gives patches no shadow module. `*keep_data` is set when
+  // the unlink left a static key tombstone in the patch's data (static_keys.h): the caller then
+  // hands those runs to kStaticKeyKeeper instead of freeing them.
+  std::optional<KernelEdit> ShadowUnlinkEdit(const std::string& name, const ArenaLayout& layout,
+                                             std::shared_ptr<bool> keep_data = nullptr);
   // The guest's boot_cpu_data.x86_capability, for alternatives.
   Result<CpuFeatures> ReadCpuFeatures(const KernelBtf& btf);
   // A free 2 MiB slot above the kernel image. kFailedPrecondition when `bar_gpa` is already
@@ -162,7 +167,10 @@ class PatchEngine {
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
   // The end of an atomic replace by `by` (its pause done): the patches it replaced leave the
   // ledger and their arena pages are freed (retired). Does not save.
-  Status DropReplaced(Ledger& ledger, const LedgerPatch& by);
+  // Drops the patches `by` replaced from the ledger and frees their arena runs, except the data
+  // of those whose entry in `keep_data` is true (a static-key tombstone lives there).
+  Status DropReplaced(Ledger& ledger, const LedgerPatch& by,
+                      const std::map<std::string, std::shared_ptr<bool>>& keep_data);
   // Recovery of an atomic replace that a dead hvpatch left kApplying (ledger.patches[index]):
   // finished when every site holds the end state, else undone. Saves the ledger.
   Status RecoverReplace(Ledger& ledger, std::size_t index, std::vector<std::string>& notes);

@@ -11,6 +11,14 @@ namespace hv::patcher {
 
 namespace {
 
+// True when the image places a __jump_table with entries.
+bool KeyNodesNeeded(const PatchModule& module, const PatchImage& image) {
+  for (const auto& p : image.sections) {
+    if (module.sections()[p.section].name == "__jump_table" && p.size != 0) return true;
+  }
+  return false;
+}
+
 // The run-pre records a module built by `hvpatch build` carries, or none.
 Result<std::vector<RunPreFunction>> RunPreRecords(const PatchModule& module) {
   for (const auto& s : module.sections()) {
@@ -49,6 +57,13 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
   plan.fentry_nops = linked.fentry_nops;
   if (options.shadow != nullptr) {
     HV_ASSIGN_OR_RETURN(plan.tables, FinishKernelTables(module, image, linked, options.cpu));
+    if (KeyNodesNeeded(module, image)) {
+      if (options.shadow->keys.node_size == 0 || !options.read_key) {
+        return Unimplemented("the patch uses static keys (__jump_table) and this guest's cannot be linked: " +
+                             options.shadow->keys_error);
+      }
+      HV_ASSIGN_OR_RETURN(plan.jump_table, FinishJumpTable(module, image, linked, options.shadow->keys, options.read_key));
+    }
     const auto code = static_cast<std::size_t>(MemoryClass::kCode);
     const auto data = static_cast<std::size_t>(MemoryClass::kData);
     const PlacedSection* tm = image.this_module ? image.Find(*image.this_module) : nullptr;
@@ -61,6 +76,8 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
     at.num_exentries = plan.tables.num_exentries;
     at.bug_table_va = plan.tables.bug_table_va;
     at.num_bugs = plan.tables.num_bugs;
+    at.jump_entries_va = plan.jump_table.va;
+    at.num_jump_entries = plan.jump_table.count;
     HV_ASSIGN_OR_RETURN(ShadowModuleImage shadow, BuildShadowModule(*options.shadow, module, image, linked, at));
     auto& bytes = linked.bytes[data];
     std::copy(shadow.module.begin(), shadow.module.end(), bytes.begin() + static_cast<long>(tm->offset));

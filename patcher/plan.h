@@ -20,6 +20,7 @@
 #include "patcher/relocator.h"
 #include "patcher/run_pre.h"
 #include "patcher/shadow_module.h"
+#include "patcher/static_keys.h"
 #include "patcher/symbol_resolver.h"
 
 namespace hv::patcher {
@@ -84,6 +85,7 @@ struct PatchPlan {
   std::optional<ShadowPlacement> shadow;
   std::size_t shadow_symbols = 0;
   KernelTables tables;  // __ex_table sorted, .altinstructions applied (with a shadow module)
+  JumpTable jump_table;  // __jump_table sorted, sites in their keys' state (with a shadow module)
 };
 
 struct PlanOptions {
@@ -92,6 +94,8 @@ struct PlanOptions {
   const ShadowModuleLayout* shadow = nullptr;
   // The guest's boot_cpu_data.x86_capability, for the patch's alternatives (kernel_tables.h).
   CpuFeatures cpu;
+  // The guest's static keys' state, for the patch's jump labels (static_keys.h).
+  KeyReader read_key;
 };
 
 // Run-pre matching (patcher/run_pre.h) of one function: every occurrence of `record.name` in

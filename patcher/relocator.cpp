@@ -1,5 +1,6 @@
 #include "patcher/relocator.h"
 
+#include <capstone/capstone.h>
 #include <elf.h>
 
 #include <algorithm>
@@ -31,7 +32,6 @@ constexpr RefusedSection kRefused[] = {
     {".altinstr_replacement", "alternative replacement code", false},
     {".altinstr_aux", "alternatives", false},
     {"__jump_table", "static keys", false},
-    {".static_call_sites", "static calls", false},
     {".static_call.text", "static call trampolines", false},
     {".parainstructions", "paravirt patch sites", false},
     {"__bug_table", "BUG/WARN table", false},
@@ -50,7 +50,7 @@ constexpr RefusedSection kRefused[] = {
 // Metadata for an in-guest loader that is safe to drop (see relocator.h).
 constexpr std::string_view kIgnored[] = {
     "__mcount_loc", "__patchable_function_entries", ".return_sites", ".retpoline_sites",
-    ".call_sites", ".orc_unwind", ".orc_unwind_ip", ".smp_locks", ".ibt_endbr_seal",
+    ".call_sites", ".static_call_sites", ".orc_unwind", ".orc_unwind_ip", ".smp_locks", ".ibt_endbr_seal",
     "_kprobe_blacklist",
 };
 
@@ -96,7 +96,9 @@ bool IsOrdinary(const ModuleSection& s) {
   return n.size() >= 5 && n.substr(n.size() - 5) == ".text";  // .sched.text, .noinstr.text...
 }
 
-bool IsPcRelative(std::uint32_t type) { return type == R_X86_64_PC32 || type == R_X86_64_PLT32; }
+bool IsPcRelative(std::uint32_t type) {
+  return type == R_X86_64_PC32 || type == R_X86_64_PLT32 || type == R_X86_64_PC64;
+}
 
 std::string RelocationTypeName(std::uint32_t type) {
   static const char* const kNames[] = {
@@ -162,7 +164,7 @@ constexpr std::string_view kThisModule = ".gnu.linkonce.this_module";
 // Tables the shadow module makes work (kernel_tables.h): placed and finished by hvpatch, no
 // longer refused when the patch gets a shadow module.
 constexpr std::string_view kShadowTables[] = {"__ex_table", ".altinstructions", ".altinstr_replacement",
-                                             "__bug_table"};
+                                             "__bug_table", "__jump_table"};
 bool IsShadowTable(std::string_view name) {
   return std::find(std::begin(kShadowTables), std::end(kShadowTables), name) != std::end(kShadowTables);
 }
@@ -366,7 +368,44 @@ class Linker {
     return out_.base[static_cast<std::size_t>(p.memory)] + p.offset;
   }
 
-  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r,
+  // True when the 4 bytes at `offset` of code section `section` belong to an instruction with a
+  // %gs segment prefix and a RIP-relative memory operand (`mov %gs:cpu_number(%rip), %eax`, as
+  // this_cpu_read() and every tracepoint's cpu_online() check compile): the CPU adds the per-cpu
+  // base to rip + disp, so disp must be the per-cpu offset minus the next rip, which is what a
+  // PC32 relocation computes (modulo 2^64; both lie within 2 GiB of 0).
+  bool GsRelative(std::uint32_t section, std::uint64_t offset) const {
+    const ModuleSection& s = m_.sections()[section];
+    if (!s.executable() || s.bytes.size() != s.size) return false;
+    const ModuleSymbol* fn = nullptr;
+    for (const auto& sym : m_.symbols()) {
+      if (sym.section == section && sym.type == STT_FUNC && sym.value <= offset && offset - sym.value < sym.size) fn = &sym;
+    }
+    if (fn == nullptr) return false;
+    csh h;
+    if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return false;
+    cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);
+    cs_insn* insn = cs_malloc(h);
+    const std::uint8_t* code = s.bytes.data() + fn->value;
+    std::size_t size = std::min<std::uint64_t>(fn->size, s.size - fn->value);
+    std::uint64_t address = fn->value;
+    bool gs = false;
+    while (address <= offset && cs_disasm_iter(h, &code, &size, &address, insn)) {
+      if (insn->address <= offset && offset + 4 <= insn->address + insn->size) {
+        const cs_x86& x = insn->detail->x86;
+        bool rip = false;
+        for (std::uint8_t i = 0; i < x.op_count; ++i) {
+          if (x.operands[i].type == X86_OP_MEM && x.operands[i].mem.base == X86_REG_RIP) rip = true;
+        }
+        gs = rip && x.prefix[1] == X86_PREFIX_GS;
+        break;
+      }
+    }
+    cs_free(insn, 1);
+    cs_close(&h);
+    return gs;
+  }
+
+  Result<std::uint64_t> SymbolValue(const ModuleSymbol& sym, const ModuleRelocation& r, std::uint32_t section,
                                     const std::function<std::string()>& who) {
     if (sym.section == SHN_ABS) return sym.value;
     if (sym.section == SHN_UNDEF || sym.section == kShnLivepatch) {
@@ -400,7 +439,7 @@ class Linker {
         if (!rs.ok()) return rs.status().WithContext(who() + " refers to '" + name + "'");
         it = cache_.emplace(key, *rs).first;
       }
-      if (it->second.per_cpu && IsPcRelative(r.type)) {
+      if (it->second.per_cpu && IsPcRelative(r.type) && !(r.type == R_X86_64_PC32 && GsRelative(section, r.offset))) {
         return InvalidArgument(who() + " refers to per-cpu symbol '" + name + "' with a PC-relative " +
                                RelocationTypeName(r.type) + " relocation");
       }
@@ -419,7 +458,7 @@ class Linker {
     const std::function<std::string()> who = [&] { return m_.DescribePlace(p.section, r.offset); };
     std::size_t width;
     switch (r.type) {
-      case R_X86_64_64: width = 8; break;
+      case R_X86_64_64: case R_X86_64_PC64: width = 8; break;
       case R_X86_64_PC32: case R_X86_64_PLT32: case R_X86_64_32: case R_X86_64_32S: width = 4; break;
       default:
         return InvalidArgument("unsupported relocation type " + RelocationTypeName(r.type) + " in " + who());
@@ -440,7 +479,7 @@ class Linker {
       ++out_.fentry_nops;
       return Status::Ok();
     }
-    HV_ASSIGN_OR_RETURN(const std::uint64_t value, SymbolValue(sym, r, who));
+    HV_ASSIGN_OR_RETURN(const std::uint64_t value, SymbolValue(sym, r, p.section, who));
     const std::uint64_t sa = value + static_cast<std::uint64_t>(r.addend);
     auto overflow = [&](std::string_view kind) {
       return InvalidArgument(RelocationTypeName(r.type) + " to '" + SymbolName(m_, sym) + "' in " + who() + " overflows (" +
@@ -450,6 +489,11 @@ class Linker {
       case R_X86_64_64:
         std::memcpy(at, &sa, 8);
         break;
+      case R_X86_64_PC64: {  // __jump_table's key field (_ASM_PTR "key + branch - .")
+        const std::uint64_t rel = sa - place;
+        std::memcpy(at, &rel, 8);
+        break;
+      }
       case R_X86_64_PC32:
       case R_X86_64_PLT32: {
         const auto rel = static_cast<std::int64_t>(sa - place);

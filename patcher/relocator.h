@@ -26,6 +26,14 @@
 //   .orc_unwind, .orc_unwind_ip                  unwind tables: never copied as sections; with a
 //                                                shadow module its tables carry the entries of the
 //                                                copied code (shadow_module.h)
+//   .static_call_sites                           inline static call sites (HAVE_STATIC_CALL_INLINE):
+//                                                a site calls (or jumps to) its key's trampoline
+//                                                `__SCT__name`, and the kernel keeps every
+//                                                trampoline jumping to the key's current function
+//                                                (static_call_update rewrites it first), so an
+//                                                unregistered site always reaches the current
+//                                                target, one jmp later. Registering it would
+//                                                only inline that jmp (docs/shadow-module.md)
 //   .smp_locks                                   LOCK prefixes the kernel could drop on one CPU;
 //                                                keeping them is always correct
 //   .ibt_endbr_seal, _kprobe_blacklist           IBT sealing (off in the test kernel) and kprobe
@@ -33,15 +41,16 @@
 // Refused, because the code would misbehave without the kernel's help (kUnimplemented, naming
 // the function and the section): __ex_table (a fault in user access would oops), .altinstructions
 // / .altinstr_replacement (the unpatched instruction may be wrong, e.g. no STAC before a user
-// access), __jump_table (static keys stuck at their default), .static_call_sites /
-// .static_call.text, .parainstructions, __bug_table (WARN/BUG's ud2 would be an unknown oops),
+// access), __jump_table (static keys stuck at their default), .static_call.text (the patch's
+// own static call trampolines), .parainstructions, __bug_table (WARN/BUG's ud2 would be an unknown oops),
 // .data..percpu (module per-cpu variables need per-cpu space), tracepoints, trace events,
 // dynamic debug, module parameters and exports. Any other non-standard section that points into
 // copied code is refused as unknown.
 // With ImageOptions::shadow_module (the engine's default when it has the guest's BTF), the patch's
 // struct module is placed (THIS_MODULE) and __ex_table, .altinstructions /
-// .altinstr_replacement and __bug_table are placed instead of refused: kernel_tables.h finishes
-// them and the shadow module registers them with the guest kernel (docs/shadow-module.md).
+// .altinstr_replacement, __bug_table and __jump_table are placed instead of refused:
+// kernel_tables.h and static_keys.h finish them and the shadow module registers them with the
+// guest kernel (docs/shadow-module.md).
 #pragma once
 
 #include <array>
@@ -107,14 +116,16 @@ struct LinkedPatch {
 };
 
 // Places `image` with class `c` starting at `base[c]` (page aligned) and applies every relocation
-// of the copied sections: R_X86_64_64, PC32, PLT32, 32, 32S (overflow checked for the 32-bit
+// of the copied sections: R_X86_64_64, PC64, PC32, PLT32, 32, 32S (overflow checked for the 32-bit
 // kinds). Symbols defined in the module resolve to their new address; undefined ones through
 // `resolver` with object "" (any object, non-exported included), livepatch's `.klp.sym.OBJ.NAME,POS`
-// symbols with that object and position. Per-cpu symbols resolve to their per-cpu offset.
+// symbols with that object and position. Per-cpu symbols resolve to their per-cpu offset; a
+// PC-relative reference to one is only taken in a %gs-prefixed RIP-relative operand.
 // `call __fentry__` becomes the 5-byte nop 0f 1f 44 00 00.
 // Errors (prefixed "linking patch 'NAME'"): kInvalidArgument for an unsupported relocation type
 // ("section '.rela.text' entry 12: unsupported relocation type R_X86_64_GOTPCREL"), an overflow
-// (e.g. a PC-relative reference to a per-cpu symbol, or the arena out of rel32 reach), a
+// (e.g. a PC-relative reference to a per-cpu symbol outside a %gs operand, or the arena out of
+// rel32 reach), a
 // relocation that does not fit its section; the resolver's kNotFound / kInvalidArgument with the
 // symbol and the function that refers to it.
 Result<LinkedPatch> Link(const PatchModule& module, const PatchImage& image,

@@ -19,7 +19,7 @@ constexpr std::uint32_t kRefcnt = 2;
 constexpr std::uint64_t kTaintLivepatch = 1ull << 15;
 // Bounds on what a hostile guest can make us walk.
 constexpr int kMaxListEntries = 8192;
-constexpr std::uint64_t kHeaderSavedMin = 8, kHeaderSavedMax = 16, kHeaderFlags = 24;
+constexpr std::uint64_t kHeaderSavedMin = 8, kHeaderSavedMax = 16, kHeaderFlags = 24, kHeaderKeyNodes = 32;
 constexpr std::uint64_t kLoweredMin = 1, kRaisedMax = 2;
 
 std::uint64_t Align8(std::uint64_t v) { return (v + 7) & ~std::uint64_t{7}; }
@@ -90,10 +90,12 @@ std::vector<OrcSource> CollectOrc(const PatchModule& m, const PatchImage& image)
 }
 
 struct TablesLayout {
-  std::uint64_t use = 0, symtab = 0, typetab = 0, strtab = 0, orc_ip = 0, orc = 0, size = 0;
+  std::uint64_t use = 0, symtab = 0, typetab = 0, strtab = 0, orc_ip = 0, orc = 0, key_nodes = 0, size = 0;
 };
 
-TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSymbol*>& syms, std::size_t orcs) {
+// `key_nodes`: bytes for the static key nodes (two per jump entry: an upper bound on two per key).
+TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSymbol*>& syms, std::size_t orcs,
+                       std::uint64_t key_nodes) {
   TablesLayout t;
   t.use = kShadowHeaderSize;
   t.symtab = Align8(t.use + use_size);
@@ -103,7 +105,8 @@ TablesLayout LayTables(std::uint64_t use_size, const std::vector<const ModuleSym
   for (const ModuleSymbol* s : syms) strings += s->name.size() + 1;
   t.orc_ip = Align8(t.strtab + strings);
   t.orc = t.orc_ip + 4 * orcs;
-  t.size = Align8(t.orc + kOrcEntrySize * orcs);
+  t.key_nodes = Align8(t.orc + kOrcEntrySize * orcs);
+  t.size = t.key_nodes + Align8(key_nodes);
   return t;
 }
 
@@ -184,6 +187,15 @@ Result<std::uint64_t> HeaderOf(KernelWords& mem, const ShadowModuleLayout& l, st
   return header;
 }
 
+// Two static_key_mod nodes per jump entry (our node and, for a key not linked yet, vmlinux's):
+// an upper bound on two per key, known before the table is sorted.
+std::uint64_t KeyNodesSize(const ShadowModuleLayout& l, const PatchModule& module, const PatchImage& image) {
+  for (const auto& p : image.sections) {
+    if (module.sections()[p.section].name == "__jump_table") return 2 * JumpEntryCount(module) * l.keys.node_size;
+  }
+  return 0;
+}
+
 }  // namespace
 
 Result<ShadowModuleLayout> ShadowModuleLayout::Read(const KernelBtf& btf, const SymbolResolver& symbols) {
@@ -260,11 +272,19 @@ Result<ShadowModuleLayout> ShadowModuleLayout::Read(const KernelBtf& btf, const 
     if (!r.ok()) return r.status().WithContext("finding the guest's '" + std::string(s.name) + "' for the shadow module");
     *s.out = r->address;
   }
+  auto keys = StaticKeyLayout::Read(btf, symbols);
+  if (keys.ok()) {
+    l.keys = *keys;
+  } else {
+    l.keys_error = keys.status().message();
+  }
   return l;
 }
 
 std::uint64_t ShadowTablesSize(const ShadowModuleLayout& layout, const PatchModule& module, const PatchImage& image) {
-  return LayTables(layout.use_size, KallsymsSymbols(module, image), CollectOrc(module, image).size()).size;
+  return LayTables(layout.use_size, KallsymsSymbols(module, image), CollectOrc(module, image).size(),
+                   KeyNodesSize(layout, module, image))
+      .size;
 }
 
 Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const PatchModule& module,
@@ -285,7 +305,7 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
   }
   const auto syms = KallsymsSymbols(module, image);
   const auto orcs = CollectOrc(module, image);
-  const TablesLayout t = LayTables(l.use_size, syms, orcs.size());
+  const TablesLayout t = LayTables(l.use_size, syms, orcs.size(), KeyNodesSize(l, module, image));
   ShadowModuleImage out;
   out.module.assign(l.module_size, 0);
   out.tables.assign(t.size, 0);
@@ -322,6 +342,10 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
     Put64(m, l.orc_unwind, at.tables_va + t.orc);
   }
   Put64(m, l.extable, at.extable_va);
+  if (at.num_jump_entries != 0) {
+    Put64(m, l.keys.jump_entries, at.jump_entries_va);
+    Put32(m, l.keys.num_jump_entries, at.num_jump_entries);
+  }
   Put64(m, l.bug_list, mod + l.bug_list);
   Put64(m, l.bug_list + 8, mod + l.bug_list);
   // The module uses itself: one module_use on both its lists.
@@ -335,6 +359,7 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
   // Tables: header, module_use, symtab, typetab, strtab.
   auto& tb = out.tables;
   std::memcpy(tb.data(), kShadowMagic, 8);
+  Put64(tb, kHeaderKeyNodes, at.tables_va + t.key_nodes);
   Put64(tb, t.use + l.use_source_list, mod + l.source_list);
   Put64(tb, t.use + l.use_source_list + 8, mod + l.source_list);
   Put64(tb, t.use + l.use_target_list, mod + l.target_list);
@@ -384,7 +409,8 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& l, const P
   return out;
 }
 
-Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t module_va) {
+Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t module_va,
+                        const std::vector<bool>& key_states) {
   HV_RETURN_IF_ERROR(ModuleMutexFree(mem, l));
   HV_ASSIGN_OR_RETURN(std::uint64_t header, HeaderOf(mem, l, module_va));
   HV_ASSIGN_OR_RETURN(std::uint64_t base, mem.Read64(module_va + l.core_layout + l.layout_base));
@@ -424,12 +450,31 @@ Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::uint
     Status s = tree.Insert(NodeOf(l, module_va, idx), less);
     if (!s.ok()) return s.WithContext("inserting into mod_tree copy " + std::to_string(idx));
   }
-  return ListAdd(mem, module_va + l.bug_list, l.module_bug_list, "module_bug_list");
+  HV_RETURN_IF_ERROR(ListAdd(mem, module_va + l.bug_list, l.module_bug_list, "module_bug_list"));
+  // jump_label_add_module() runs in the COMING notifier, with the module already in the tree.
+  if (!key_states.empty()) {
+    HV_ASSIGN_OR_RETURN(std::uint64_t nodes, mem.Read64(header + kHeaderKeyNodes));
+    Status s = LinkStaticKeys(mem, l.keys, module_va, nodes, key_states);
+    if (!s.ok()) return s.WithContext("linking the static keys");
+  }
+  return Status::Ok();
 }
 
-Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t module_va) {
+Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& l, std::uint64_t module_va,
+                          bool* keep_memory) {
   HV_RETURN_IF_ERROR(ModuleMutexFree(mem, l));
   HV_ASSIGN_OR_RETURN(std::uint64_t header, HeaderOf(mem, l, module_va));
+  bool keep = false;
+  if (l.keys.node_size != 0) {
+    // jump_label_del_module() runs in the GOING notifier, before the module leaves the tree.
+    HV_ASSIGN_OR_RETURN(std::uint32_t entries, mem.Read32(module_va + l.keys.num_jump_entries));
+    if (entries != 0) {
+      HV_ASSIGN_OR_RETURN(std::uint64_t nodes, mem.Read64(header + kHeaderKeyNodes));
+      Status s = UnlinkStaticKeys(mem, l.keys, module_va, nodes, &keep);
+      if (!s.ok()) return s.WithContext("unlinking the static keys");
+    }
+  }
+  if (keep_memory != nullptr) *keep_memory = keep;
   HV_ASSIGN_OR_RETURN(std::uint64_t base, mem.Read64(module_va + l.core_layout + l.layout_base));
   HV_ASSIGN_OR_RETURN(std::uint32_t size, mem.Read32(module_va + l.core_layout + l.layout_size));
   HV_RETURN_IF_ERROR(ListDel(mem, module_va + l.list, "the module list"));

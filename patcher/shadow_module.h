@@ -36,6 +36,7 @@
 #include "patcher/patch_module.h"
 #include "patcher/rbtree_writer.h"
 #include "patcher/relocator.h"
+#include "patcher/static_keys.h"
 #include "patcher/symbol_resolver.h"
 
 namespace hv::patcher {
@@ -67,6 +68,10 @@ struct ShadowModuleLayout {
   // Guest addresses (kallsyms): LIST_HEAD(modules), mod_tree, lib/bug.c's module_bug_list,
   // module_mutex.
   std::uint64_t modules = 0, mod_tree = 0, module_bug_list = 0, module_mutex = 0;
+  // Static keys (static_keys.h); `keys_error` says why not when this kernel lacks them (a patch
+  // with a __jump_table is then refused with it).
+  StaticKeyLayout keys;
+  std::string keys_error;
 
   // Errors: kNotFound naming the type, member or symbol this kernel lacks (e.g. a kernel without
   // CONFIG_MODULES_TREE_LOOKUP has no mod_tree_root.root), with a hint.
@@ -88,6 +93,8 @@ struct ShadowPlacement {
   std::uint32_t num_exentries = 0;
   std::uint64_t bug_table_va = 0;  // the placed __bug_table, or 0
   std::uint32_t num_bugs = 0;
+  std::uint64_t jump_entries_va = 0;  // the sorted __jump_table (static_keys.h), or 0
+  std::uint32_t num_jump_entries = 0;
 };
 
 // The shadow module's bytes, ready to copy into the arena data.
@@ -112,17 +119,23 @@ Result<ShadowModuleImage> BuildShadowModule(const ShadowModuleLayout& layout, co
 
 // Inside the pause: links the shadow module at `module_va` (already written, with its tables)
 // into the guest's module structures, through `mem` (stage the writes: nothing here is
-// all-or-nothing by itself). Errors: kBusy when the guest holds module_mutex (a module load or
-// unload is half-way through these structures: retry); kFailedPrecondition for a corrupt list or
-// tree, or the module already linked; memory errors.
-Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va);
+// all-or-nothing by itself), and its jump entries to their static keys (LinkStaticKeys, with
+// `key_states` the state the plan wrote each key's sites in).
+// Errors: kBusy when the guest holds module_mutex (a module load or unload is half-way through
+// these structures: retry) or jump_label_mutex, or a key changed state since the plan;
+// kFailedPrecondition for a corrupt list or tree, or the module already linked; memory errors.
+Status LinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va,
+                        const std::vector<bool>& key_states = {});
 
 // Inside the pause: undoes LinkShadowModule for the module at `module_va`: list_del_rcu from
 // both lists, latch_tree_erase from both trees, and the bounds it widened put back (when no
-// later load moved them). The arena bytes are left as they are (a reader the pause caught on the
-// module walks on through its unchanged `next` pointers, as after list_del_rcu).
+// later load moved them), and its static keys unlinked first (UnlinkStaticKeys). The arena bytes
+// are left as they are (a reader the pause caught on the module walks on through its unchanged
+// `next` pointers, as after list_del_rcu). `*keep_memory` (when given) becomes true when a static
+// key keeps a tombstone node in the module's data: that data must then never be freed.
 // Errors: as LinkShadowModule; kNotFound when the module is not linked.
-Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va);
+Status UnlinkShadowModule(KernelWords& mem, const ShadowModuleLayout& layout, std::uint64_t module_va,
+                          bool* keep_memory = nullptr);
 // Part of UnlinkShadowModule: widens mod_tree's bounds again for every module still linked that
 // the bounds put back leave outside (as mod_update_bounds() would); the lowest (highest) hvpatch
 // module takes the widening over in its header, so its own unlink puts back the kernel's bound.

@@ -17,6 +17,7 @@
 #include "patcher/commit.h"
 #include "patcher/guest_kernel.h"
 #include "patcher/shadow_module.h"
+#include "patcher/static_keys.h"
 #include "status_matchers.h"
 #include "tests/harness/base64.h"
 #include "tests/harness/run_program.h"
@@ -76,11 +77,17 @@ class ShadowIntegrationTest : public ::testing::Test {
   }
   void Cleanup() {
     // Leave the guest as the next test expects it: nothing applied, nothing loaded.
-    for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn", "livepatch_sample",
+    for (const char* name : {"hvp_this_module", "hvp_user_read", "hvp_warn", "hvp_static_key", "hvp_static_call", "livepatch_sample",
                              "livepatch_shadow_fix2", "livepatch_shadow_fix1"}) {
       HvpatchRun r = Hv({"revert", Domain(), name});
       (void)r;
     }
+    (void)guest_->Check("echo 0 > /proc/sys/net/core/rps_sock_flow_entries; "
+                        "echo 0 > /sys/kernel/tracing/events/power/cpu_frequency/enable; "
+                        "for p in hvp_static_key hvp_static_key_version hvp_static_call; do "
+                        "[ -e /sys/kernel/livepatch/$p ] && echo 0 > /sys/kernel/livepatch/$p/enabled; "
+                        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/$p ] || break; sleep 0.2; done; "
+                        "rmmod $p 2>/dev/null; done; true");
   }
 
   static std::string Domain() { return guest_->qmp_target(); }
@@ -128,6 +135,50 @@ class ShadowIntegrationTest : public ::testing::Test {
     }
     return *read;
   }
+
+  // vmlinux's static key `rfs_needed` as the guest holds it, read from the host in a pause of our
+  // own: its type word (entries or node list, with the type bits) and its node list.
+  struct KeyView {
+    patcher::StaticKeyState state;
+    std::uint64_t key = 0;
+    std::int32_t enabled = 0;
+  };
+  static KeyView RfsNeeded() { return KeyOf("rfs_needed", "", ""); }
+  // The static key at `symbol` (+ the offset of `member` in `type`, when given).
+  static KeyView KeyOf(const std::string& symbol, const std::string& type, const std::string& member) {
+    KeyView out;
+    auto vm = vmm::Open(Domain());
+    if (!vm.ok()) {
+      ADD_FAILURE() << "opening the VM: " << vm.status().message();
+      return out;
+    }
+    if (Status s = (*vm)->Pause(); !s.ok()) {
+      ADD_FAILURE() << s.message();
+      return out;
+    }
+    Status read = [&]() -> Status {
+      HV_ASSIGN_OR_RETURN(auto vcpus, (*vm)->VcpuStates());
+      patcher::GuestKernelOptions opts;
+      opts.walk_tasks = false;
+      HV_ASSIGN_OR_RETURN(auto kernel, patcher::GuestKernel::Build(**vm, vcpus, opts));
+      HV_ASSIGN_OR_RETURN(auto layout, patcher::StaticKeyLayout::Read(kernel->btf(), *kernel));
+      HV_ASSIGN_OR_RETURN(auto sym, kernel->Resolve(symbol, "vmlinux", 0));
+      std::uint64_t off = 0;
+      if (!type.empty()) {
+        HV_ASSIGN_OR_RETURN(off, kernel->btf().Offset(type, member));
+      }
+      patcher::VmKernelWords mem(**vm, kernel->paging());
+      out.key = sym.address + off;
+      HV_ASSIGN_OR_RETURN(std::uint32_t enabled, mem.Read32(out.key + layout.key_enabled));
+      out.enabled = static_cast<std::int32_t>(enabled);
+      HV_ASSIGN_OR_RETURN(out.state, patcher::ReadStaticKey(mem, layout, out.key));
+      return Status::Ok();
+    }();
+    EXPECT_THAT((*vm)->Resume(), IsOk());
+    if (!read.ok()) ADD_FAILURE() << "reading the static key " << symbol << ": " << read.message();
+    return out;
+  }
+  static bool Linked(const KeyView& k) { return (k.state.type & 2) != 0; }
 
   // Kernel log lines that report a crash or a warning: none may appear.
   static std::string Oopses() {
@@ -282,6 +333,185 @@ TEST_F(ShadowIntegrationTest, WarnOnceInNewCodeIsReportedOnceAndNamesTheFunction
   Guest("echo 0 > /sys/kernel/livepatch/hvp_warn/enabled; "
         "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_warn ] || break; sleep 0.2; done; rmmod hvp_warn");
   EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+}
+
+// A branch on a vmlinux static key in new code (issue 11: static keys): the patch's sites start
+// in the key's state at the apply, and follow when the guest switches the key afterwards
+// (/proc/sys/net/core/rps_sock_flow_entries switches `rfs_needed`), through the guest's own
+// jump_label_update() and text_poke() on arena code. The revert leaves the key as it was.
+TEST_F(ShadowIntegrationTest, StaticKeyBranchFollowsTheGuestsToggles) {
+  const std::string off = "hvp_static_key: unlikely=off likely=off";
+  const std::string on = "hvp_static_key: unlikely=on likely=on";
+  auto set_key = [](bool v) { Guest(std::string("echo ") + (v ? "256" : "0") + " > /proc/sys/net/core/rps_sock_flow_entries"); };
+  set_key(false);
+  const KeyView before = RfsNeeded();
+  ASSERT_NE(before.key, 0u);
+  ASSERT_EQ(before.enabled, 0);
+  const patcher::ModuleStructures modules_before = Structures();
+
+  HvpatchRun apply = Hv({"apply", Domain(), testing::PatchModule("hvp_static_key")});
+  ASSERT_EQ(apply.exit_code, 0) << Describe(apply);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), off);
+  // Linked as jump_label_add_module() links: our node first (mod = the shadow module), then, if
+  // the key was not linked before, a node for vmlinux's own entries (mod NULL).
+  const KeyView linked = RfsNeeded();
+  ASSERT_TRUE(Linked(linked)) << std::hex << linked.state.type;
+  ASSERT_GE(linked.state.nodes.size(), 2u);
+  EXPECT_EQ(linked.state.node_mods[0], Structures().modules.front()) << "our node's module is the shadow module";
+  if (!Linked(before)) {
+    ASSERT_EQ(linked.state.nodes.size(), 2u);
+    EXPECT_EQ(linked.state.node_mods[1], 0u);
+    EXPECT_EQ(linked.state.node_entries[1], before.state.type & ~std::uint64_t{3}) << "vmlinux's entries";
+  } else {
+    EXPECT_EQ(linked.state.nodes.size(), before.state.nodes.size() + 1);
+  }
+
+  set_key(true);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), on);
+  set_key(false);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), off);
+  set_key(true);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), on);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+
+  // Reverted while on; applied again while on: the sites start as jumps where the key says so.
+  HvpatchRun revert = Hv({"revert", Domain(), "hvp_static_key"});
+  ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  HvpatchRun again = Hv({"apply", Domain(), testing::PatchModule("hvp_static_key")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), on);
+  set_key(false);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), off);
+  HvpatchRun revert2 = Hv({"revert", Domain(), "hvp_static_key"});
+  ASSERT_EQ(revert2.exit_code, 0) << Describe(revert2);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+
+  // The key's structures and the module structures are as before the apply.
+  const KeyView after = RfsNeeded();
+  EXPECT_EQ(after.state, before.state) << std::hex << before.state.type << " -> " << after.state.type;
+  EXPECT_EQ(after.enabled, 0);
+  EXPECT_EQ(Structures(), modules_before);
+
+  // The oracle: the same module loaded in the guest follows the key the same way.
+  Guest("insmod /patches/hvp_static_key.ko");
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), off);
+  set_key(true);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), on);
+  set_key(false);
+  Guest("echo 0 > /sys/kernel/livepatch/hvp_static_key/enabled; "
+        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_static_key ] || break; sleep 0.2; done; "
+        "rmmod hvp_static_key");
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(RfsNeeded().state, before.state) << "the kernel folds the key back after an in-guest unload too";
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+}
+
+// The tombstone rule (docs/shadow-module.md): a guest module that uses the same key joins its
+// node list while the patch is applied; the revert must not leave a node in arena memory that
+// the guest would kfree() once it is last, so hvpatch's two nodes stay on the list for good (its
+// own one inert). The guest then switches the key and unloads its module without an oops, and
+// a later apply of the patch links beside the tombstone.
+TEST_F(ShadowIntegrationTest, StaticKeyRevertLeavesATombstoneWhenTheGuestJoinedTheKey) {
+  auto set_key = [](bool v) { Guest(std::string("echo ") + (v ? "256" : "0") + " > /proc/sys/net/core/rps_sock_flow_entries"); };
+  set_key(false);
+  HvpatchRun apply = Hv({"apply", Domain(), testing::PatchModule("hvp_static_key")});
+  ASSERT_EQ(apply.exit_code, 0) << Describe(apply);
+  const KeyView ours = RfsNeeded();
+  ASSERT_TRUE(Linked(ours));
+  const std::uint64_t own_node = ours.state.nodes.front();
+  const std::uint64_t shadow_module = ours.state.node_mods.front();
+
+  ASSERT_EQ(Trim(Guest("insmod /patches/hvp_static_key_version.ko; echo rc=$?")), "rc=0");
+  EXPECT_EQ(Trim(Guest("cat /proc/version")), "hvp_static_key_version: unlikely=off likely=off");
+  const KeyView joined = RfsNeeded();
+  ASSERT_EQ(joined.state.nodes.size(), ours.state.nodes.size() + 1) << "the guest's node, first";
+
+  HvpatchRun revert = Hv({"revert", Domain(), "hvp_static_key"});
+  ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  const KeyView tomb = RfsNeeded();
+  ASSERT_TRUE(Linked(tomb));
+  ASSERT_EQ(tomb.state.nodes, joined.state.nodes) << "no node left the list";
+  const auto at = std::find(tomb.state.nodes.begin(), tomb.state.nodes.end(), own_node) - tomb.state.nodes.begin();
+  ASSERT_LT(static_cast<std::size_t>(at), tomb.state.nodes.size());
+  EXPECT_EQ(tomb.state.node_entries[at], 0u) << "our node is inert";
+  EXPECT_EQ(tomb.state.node_mods[at], shadow_module);
+  EXPECT_THAT(Guest("cat /proc/modules"), Not(HasSubstr("hvp_static_key ")));
+
+  set_key(true);
+  EXPECT_EQ(Trim(Guest("cat /proc/version")), "hvp_static_key_version: unlikely=on likely=on");
+  set_key(false);
+  Guest("echo 0 > /sys/kernel/livepatch/hvp_static_key_version/enabled; "
+        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_static_key_version ] || break; sleep 0.2; done; "
+        "rmmod hvp_static_key_version");
+  EXPECT_THAT(Guest("cat /proc/version"), HasSubstr("Linux version"));
+  // The guest freed its own node only: ours (tombstone + vmlinux's) stay, the key stays linked.
+  const KeyView left = RfsNeeded();
+  ASSERT_TRUE(Linked(left));
+  EXPECT_EQ(left.state.nodes.size(), 2u);
+  EXPECT_EQ(left.state.nodes.front(), own_node);
+  set_key(true);
+  set_key(false);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+
+  // A later apply links beside the tombstone, and its revert takes only its own node.
+  HvpatchRun again = Hv({"apply", Domain(), testing::PatchModule("hvp_static_key")});
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_key: unlikely=off likely=off");
+  set_key(true);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_key: unlikely=on likely=on");
+  set_key(false);
+  EXPECT_EQ(RfsNeeded().state.nodes.size(), 3u);
+  HvpatchRun revert2 = Hv({"revert", Domain(), "hvp_static_key"});
+  ASSERT_EQ(revert2.exit_code, 0) << Describe(revert2);
+  EXPECT_EQ(RfsNeeded().state, left.state);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+}
+
+// A static call in new code (issue 11: static calls): a tracepoint call is a static branch on the
+// tracepoint's key around an inline static call. hvpatch leaves the patch's static call sites to
+// the trampoline; enabling the event in the guest switches the key (the patch's site with it)
+// and retargets the static call with static_call_update(): the event fired by the new code must
+// reach the trace buffer, as with an in-guest insmod, and stop when the event is disabled.
+TEST_F(ShadowIntegrationTest, StaticCallInNewCodeReachesTheTargetTheGuestSets) {
+  const std::string events = "/sys/kernel/tracing/events/power/cpu_frequency/enable";
+  const std::string count = "grep -c 'cpu_frequency: state=4242 cpu_id=7' /sys/kernel/tracing/trace || true";
+  Guest("echo 0 > " + events + "; echo > /sys/kernel/tracing/trace");
+  const KeyView before = KeyOf("__tracepoint_cpu_frequency", "tracepoint", "key");
+  ASSERT_NE(before.key, 0u);
+  ASSERT_EQ(before.enabled, 0);
+
+  HvpatchRun apply = Hv({"apply", Domain(), testing::PatchModule("hvp_static_call")});
+  ASSERT_EQ(apply.exit_code, 0) << Describe(apply);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "0") << "the event is off: the branch skips the call";
+  Guest("echo 1 > " + events);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "1") << Guest("cat /sys/kernel/tracing/trace | tail -5");
+  Guest("echo 0 > " + events);
+  Guest("cat /proc/cmdline");
+  EXPECT_EQ(Trim(Guest(count)), "1");
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
+
+  HvpatchRun revert = Hv({"revert", Domain(), "hvp_static_call"});
+  ASSERT_EQ(revert.exit_code, 0) << Describe(revert);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(KeyOf("__tracepoint_cpu_frequency", "tracepoint", "key").state, before.state);
+
+  // The oracle: in-guest insmod, same trace.
+  Guest("echo > /sys/kernel/tracing/trace; insmod /patches/hvp_static_call.ko");
+  Guest("cat /proc/cmdline");
+  EXPECT_EQ(Trim(Guest(count)), "0");
+  Guest("echo 1 > " + events);
+  EXPECT_EQ(Trim(Guest("cat /proc/cmdline")), "hvp_static_call: fired cpu_frequency");
+  EXPECT_EQ(Trim(Guest(count)), "1");
+  Guest("echo 0 > " + events + "; echo 0 > /sys/kernel/livepatch/hvp_static_call/enabled; "
+        "for i in $(seq 50); do [ -e /sys/kernel/livepatch/hvp_static_call ] || break; sleep 0.2; done; "
+        "rmmod hvp_static_call");
+  EXPECT_EQ(Guest("cat /proc/cmdline"), boot_cmdline_);
+  EXPECT_EQ(Oopses(), "") << Guest("dmesg | tail -50");
 }
 
 // Copies a host file into the guest, through the command channel, in chunks.

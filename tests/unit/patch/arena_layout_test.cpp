@@ -59,7 +59,7 @@ TEST(ArenaLayout, PteBitsAreWxorX) {
   EXPECT_EQ(a.PteValue(2), (kGpa + 0x2000 + 0x121) | (1ull << 63));  // P A G NX
   EXPECT_EQ(a.PteValue(3), (kGpa + 0x3000 + 0x163) | (1ull << 63));  // P RW A D G NX
   EXPECT_EQ(a.PteValue(4), 0u);
-  EXPECT_EQ(a.PmdEntry(), kGpa + 0x23);  // P RW A, no NX, no PS: points to the PTE table
+  EXPECT_EQ(a.PmdEntry(), kGpa + 0x63);  // P RW A D (_KERNPG_TABLE), no NX, no PS: the PTE table
   const auto t = a.PteTable();
   std::uint64_t e3;
   std::memcpy(&e3, t.data() + 3 * 8, 8);

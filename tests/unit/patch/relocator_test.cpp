@@ -212,6 +212,36 @@ TEST(Link, PerCpuSymbolWithPcRelativeRelocationIsRefused) {
                                  "'nr_threads' with a PC-relative R_X86_64_PC32 relocation")));
 }
 
+// A tracepoint call reads cpu_number (per-cpu) with `mov %gs:cpu_number(%rip), %eax` and bumps
+// __preempt_count with `incl %gs:__preempt_count(%rip)`: PC32 relocations to per-cpu offsets
+// inside %gs operands, which the CPU turns into per-cpu addresses. They are linked.
+TEST(Link, PerCpuSymbolInAGsOperandIsLinked) {
+  auto m = Load("hvp_static_call");
+  ASSERT_THAT(m, IsOk());
+  auto image = SelectImage(*m, {.shadow_module = true});
+  ASSERT_THAT(image, IsOk());
+  FakeResolver guest;
+  guest.Add("cpu_number", 0x1b02c, 4, "vmlinux", true)
+      .Add("__preempt_count", 0x1b030, 4, "vmlinux", true)
+      .Add("__cpu_online_mask", 0xffffffff82c1e000)
+      .Add("__tracepoint_cpu_frequency", 0xffffffff82b00000)
+      .Add("__SCT__tp_func_cpu_frequency", 0xffffffff81f00000)
+      .Add("__SCT__preempt_schedule_notrace", 0xffffffff81f00008)
+      .Add("seq_printf", 0xffffffff81234560)
+      .Add("__x86_return_thunk", 0xffffffff82001234);
+  auto linked = Link(*m, *image, guest, kBases);
+  ASSERT_THAT(linked, IsOk());
+  // hvp_static_call_cmdline_show+0x22: 65 8b 05 <disp32>: disp = cpu_number - the next rip.
+  const std::uint64_t at = linked->functions.at(0).new_va + 0x22;
+  const auto& code = linked->bytes[0];
+  const std::uint8_t* insn = code.data() + (at - linked->base[0]);
+  ASSERT_EQ(insn[0], 0x65);
+  ASSERT_EQ(insn[1], 0x8b);
+  std::int32_t disp;
+  std::memcpy(&disp, insn + 3, 4);
+  EXPECT_EQ(at + 7 + static_cast<std::uint64_t>(static_cast<std::int64_t>(disp)), 0x1b02cu);
+}
+
 TEST(Link, UnsupportedRelocationTypeIsNamed) {
   std::vector<std::uint8_t> bytes;
   ASSERT_TRUE(ReadPatchFile("hvp_sample.ko", &bytes));
