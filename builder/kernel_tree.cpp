@@ -1,11 +1,13 @@
 #include "builder/kernel_tree.h"
 
+#include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -83,6 +85,9 @@ Status RunLogged(const std::vector<std::string>& argv, const std::string& log, c
       dup2(fd, 2);
     }
     if (!cwd.empty() && chdir(cwd.c_str()) != 0) _exit(126);
+    // A killed hvpatch takes its make with it: a make left running would go on building from a
+    // tree that the next build is about to put back (make's own compilers finish their file).
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     std::vector<char*> args;
     for (auto& a : full) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -229,10 +234,18 @@ Result<std::vector<std::vector<std::uint8_t>>> BuildObjects(const PreparedTree& 
 }
 
 Status ApplyDiff(const PreparedTree& tree, const std::string& diff_path, bool reverse, const std::string& log) {
-  std::vector<std::string> argv = {"patch", "-p1", "--batch", "-s", "-d", tree.source.source_dir, "-i",
-                                   fs::absolute(diff_path).string()};
+  std::vector<std::string> argv = {"patch", "-p1", "--batch", "-s", "--no-backup-if-mismatch", "-d",
+                                   tree.source.source_dir, "-i", fs::absolute(diff_path).string()};
   argv.push_back(reverse ? "-R" : "-N");
-  return RunLogged(argv, log).WithContext(std::string(reverse ? "reverting" : "applying") + " '" + diff_path + "'");
+  const std::string what = std::string(reverse ? "reverting" : "applying") + " '" + diff_path + "'";
+  // A diff that does not fit would be applied in part (the hunks that fit): try it first, so the
+  // shared tree is either patched whole or not touched.
+  std::vector<std::string> dry = argv;
+  dry.push_back("--dry-run");
+  HV_RETURN_IF_ERROR(RunLogged(dry, log)
+                         .WithContext(what)
+                         .WithHint("the diff does not fit this kernel source (see the log); nothing was changed"));
+  return RunLogged(argv, log).WithContext(what);
 }
 
 Result<std::string> StructLayouts(const std::string& object) {

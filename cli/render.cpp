@@ -49,6 +49,8 @@ std::string ApplyText(const patcher::ApplyResult& r) {
   for (const auto& f : r.functions) {
     s += "  " + f.object + " " + f.name + " " + Hex(f.site) + " -> " + Hex(f.new_addr);
     if (!f.stacked_on.empty()) s += " (stacked on '" + f.stacked_on + "')";
+    // No ftrace site: the jump replaced the function's first instructions (docs/build.md).
+    if (f.entry == "plain_code") s += " (no ftrace site: first instructions replaced)";
     s += "\n";
   }
   if (!r.replaced.empty()) {

@@ -57,7 +57,9 @@ class UnixSocketChannel : public Channel {
 //
 // A port's read returns 0 and poll reports POLLHUP while the host side is not connected
 // (drivers/char/virtio_console.c: will_read_block / port_fops_poll), so waiting for the host is a
-// sleep-and-recheck loop, never a busy one.
+// wait-and-recheck loop, never a busy one: the wait ends on the SIGIO the driver sends when the
+// host connects (the port is opened O_ASYNC, SIGIO blocked and taken with sigtimedwait), or after
+// 250 ms where no SIGIO comes.
 class VirtioSerialChannel : public Channel {
  public:
   VirtioSerialChannel(std::string port_name, std::string sys_root, std::string dev_root)
@@ -79,6 +81,7 @@ class VirtioSerialChannel : public Channel {
   std::string device_;
   int fd_ = -1;
   bool logged_wait_ = false;
+  bool sigio_ = false;  // fd_ raises SIGIO on the host's connect (see WaitForHost)
 };
 
 }  // namespace hv::agent

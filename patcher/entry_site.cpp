@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <utility>
 
 #include "base/hex.h"
 
@@ -29,6 +31,45 @@ std::string Describe(std::span<const std::uint8_t> b, std::uint64_t va) {
   return text;
 }
 
+// Decodes whole instructions from the start of `b` until at least 5 bytes are covered. Plain
+// code only: an int3 (a kprobe), a rel32 call or jump (ftrace, an optprobe, another tool), a
+// return or ud2 (a function shorter than the jump) or bytes that do not decode end it with
+// nullopt and `why`.
+std::optional<std::pair<std::string, std::uint32_t>> DecodePlain(std::span<const std::uint8_t> b, std::uint64_t va,
+                                                                 std::string& why) {
+  csh h;
+  if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) {
+    why = "the disassembler did not start";
+    return std::nullopt;
+  }
+  std::string text;
+  std::uint32_t covered = 0;
+  while (covered < 5) {
+    cs_insn* insn = nullptr;
+    if (cs_disasm(h, b.data() + covered, b.size() - covered, va + covered, 1, &insn) != 1) {
+      why = "bytes at +" + std::to_string(covered) + " do not decode";
+      cs_close(&h);
+      return std::nullopt;
+    }
+    std::string one = insn[0].mnemonic;
+    if (insn[0].op_str[0] != '\0') one += std::string(" ") + insn[0].op_str;
+    const std::uint8_t op = insn[0].bytes[0];
+    const bool ud2 = insn[0].size == 2 && op == 0x0f && insn[0].bytes[1] == 0x0b;
+    const std::uint32_t size = insn[0].size;
+    cs_free(insn, 1);
+    if (op == 0xcc || op == 0xe8 || op == 0xe9 || op == 0xc3 || op == 0xc2 || ud2) {
+      why = "'" + one + "' at +" + std::to_string(covered) + " under the jump";
+      cs_close(&h);
+      return std::nullopt;
+    }
+    if (!text.empty()) text += "; ";
+    text += one;
+    covered += size;
+  }
+  cs_close(&h);
+  return std::make_pair(text, covered);
+}
+
 std::int32_t Rel32(std::span<const std::uint8_t> b) {
   std::int32_t v;
   std::memcpy(&v, b.data() + 1, 4);
@@ -43,6 +84,7 @@ std::string_view EntryKindName(EntryKind k) {
     case EntryKind::kArenaJump: return "hvpatch_jump";
     case EntryKind::kCall: return "call";
     case EntryKind::kOtherJump: return "foreign_jump";
+    case EntryKind::kPlainCode: return "plain_code";
     case EntryKind::kOther: return "other";
   }
   return "unknown";
@@ -71,7 +113,15 @@ Result<EntrySite> ClassifyEntry(std::span<const std::uint8_t> bytes, std::uint64
       s.kind = arena.Contains(s.target) ? EntryKind::kArenaJump : EntryKind::kOtherJump;
     }
   } else {
-    s.kind = EntryKind::kOther;
+    std::string why;
+    if (auto plain = DecodePlain(site, s.site_va, why)) {
+      s.kind = EntryKind::kPlainCode;
+      s.covered = plain->first;
+      s.covered_size = plain->second;
+    } else {
+      s.kind = EntryKind::kOther;
+      s.covered = why;
+    }
   }
   return s;
 }
@@ -88,11 +138,15 @@ Status CheckPatchable(const EntrySite& s, std::string_view function) {
                                        "livepatch)");
     case EntryKind::kOtherJump:
       return FailedPrecondition(head + ": a jump outside hvpatch's arena (patched by another tool?)");
+    case EntryKind::kPlainCode:
+      return FailedPrecondition(head + " (0f 1f 44 00 00): plain code, which only the plain-entry proof "
+                                       "may allow");
     case EntryKind::kOther:
       if (s.current[0] == 0xcc) {
         return FailedPrecondition(head + ": a breakpoint (a kprobe, or a kernel text_poke in progress)");
       }
-      return FailedPrecondition(head + " (0f 1f 44 00 00): not an ftrace-patchable entry");
+      return FailedPrecondition(head + " (0f 1f 44 00 00): not an ftrace-patchable entry" +
+                                (s.covered.empty() ? "" : ", nor plain code (" + s.covered + ")"));
   }
   return Internal("unknown entry kind");
 }

@@ -8,30 +8,42 @@
 namespace hv::patcher {
 namespace {
 constexpr std::uint64_t kPage = 4096;
-// Bounds the translation cache; a hostile guest cannot make it grow without limit.
-constexpr std::size_t kMaxCachedPages = 1 << 16;
+constexpr std::uint64_t kRegion = 2ull << 20;
 }  // namespace
 
 Result<KernelMemory::Run> KernelMemory::Translate(std::uint64_t va) const {
-  for (const Huge& h : huge_) {
-    if (h.size != 0 && va - h.va < h.size) return Run{h.gpa + (va - h.va), h.size - (va - h.va)};
+  const std::uint64_t tag = va >> 21;
+  Region& r = regions_[tag % kRegions];
+  if (r.tag == tag) {
+    const std::uint64_t in_region = va & (kRegion - 1);
+    if (r.leaf) return Run{r.base + in_region, kRegion - in_region};
+    // The region's page table: only the PTE is read again (it may be any value: the checks are
+    // the page walk's, and a PTE that is not present goes to the full walk for its error).
+    const std::uint64_t slot = r.base + ((va >> 12) & 511) * 8;
+    std::uint64_t entry = 0;
+    bool read = false;
+    if (const std::uint8_t* p = HostOf(slot, 8)) {
+      std::memcpy(&entry, p, 8);
+      read = true;
+    } else {
+      std::uint8_t raw[8];
+      read = mem_.ReadPhys(slot, raw).ok();
+      std::memcpy(&entry, raw, 8);
+    }
+    if (read && (entry & vmm::pte::kPresent)) {
+      const std::uint64_t in_page = va & (kPage - 1);
+      return Run{(entry & vmm::pte::kAddrMask) | in_page, kPage - in_page};
+    }
   }
-  const std::uint64_t page = va & ~(kPage - 1);
-  if (auto it = pages_.find(page); it != pages_.end()) {
-    return Run{it->second.gpa + (va - page), it->second.run - (va - page)};
-  }
-  HV_ASSIGN_OR_RETURN(vmm::Translation t, vmm::TranslateVirt(mem_, mode_, page));
+  HV_ASSIGN_OR_RETURN(vmm::Translation t, vmm::TranslateVirt(mem_, mode_, va));
   if (t.page_size > kPage) {
-    const std::uint64_t into = page & (t.page_size - 1);
-    huge_[next_huge_++ % huge_.size()] = Huge{page - into, t.page_size, t.gpa - into};
-    return Run{t.gpa + (va - page), t.page_size - into - (va - page)};
+    // 2 MiB or 1 GiB: both map this whole 2 MiB region contiguously.
+    const std::uint64_t in_region = va & (kRegion - 1);
+    r = Region{tag, t.gpa - in_region, true};
+    return Run{t.gpa, kRegion - in_region};
   }
-  if (pages_.size() >= kMaxCachedPages) pages_.clear();
-  // Bytes from `page` to the end of its (possibly 2 MiB or 1 GiB) mapping: one physical read
-  // can cover them all.
-  const std::uint64_t run = t.page_size - (page & (t.page_size - 1));
-  pages_[page] = Cached{t.gpa, run};
-  return Run{t.gpa + (va - page), run - (va - page)};
+  r = Region{tag, t.leaf_table, false};
+  return Run{t.gpa, kPage - (va & (kPage - 1))};
 }
 
 Status KernelMemory::Read(std::uint64_t va, std::span<std::uint8_t> out) const {
@@ -41,11 +53,22 @@ Status KernelMemory::Read(std::uint64_t va, std::span<std::uint8_t> out) const {
     Result<Run> r = Translate(at);
     if (!r.ok()) return r.status().WithContext("reading " + Hex(at));
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(r->bytes, out.size() - done));
-    Status s = mem_.ReadPhys(r->gpa, out.subspan(done, n));
-    if (!s.ok()) return s.WithContext("reading " + Hex(at));
+    if (const std::uint8_t* p = HostOf(r->gpa, n)) {
+      std::memcpy(out.data() + done, p, n);
+    } else {
+      Status s = mem_.ReadPhys(r->gpa, out.subspan(done, n));
+      if (!s.ok()) return s.WithContext("reading " + Hex(at));
+    }
     done += n;
   }
   return Status::Ok();
+}
+
+const std::uint8_t* KernelMemory::Direct(std::uint64_t va, std::size_t len) const {
+  if (direct_.empty()) return nullptr;
+  Result<Run> r = Translate(va);
+  if (!r.ok() || r->bytes < len) return nullptr;
+  return HostOf(r->gpa, len);
 }
 
 void KernelMemory::Prefetch(std::uint64_t va, std::size_t size) const {
@@ -54,6 +77,11 @@ void KernelMemory::Prefetch(std::uint64_t va, std::size_t size) const {
 }
 
 Result<std::uint64_t> KernelMemory::ReadU64(std::uint64_t va) const {
+  if (const std::uint8_t* p = Direct(va, 8)) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  }
   std::uint8_t b[8];
   HV_RETURN_IF_ERROR(Read(va, b));
   std::uint64_t v;
@@ -62,6 +90,11 @@ Result<std::uint64_t> KernelMemory::ReadU64(std::uint64_t va) const {
 }
 
 Result<std::uint32_t> KernelMemory::ReadU32(std::uint64_t va) const {
+  if (const std::uint8_t* p = Direct(va, 4)) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+  }
   std::uint8_t b[4];
   HV_RETURN_IF_ERROR(Read(va, b));
   std::uint32_t v;

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <unordered_map>
+#include <vector>
 
 #include "base/status.h"
 #include "vmm/guest_memory.h"
@@ -21,7 +21,8 @@ namespace hv::patcher {
 
 class KernelMemory {
  public:
-  KernelMemory(const vmm::GuestPhysMemory& mem, vmm::PagingMode mode) : mem_(mem), mode_(mode) {}
+  KernelMemory(const vmm::GuestPhysMemory& mem, vmm::PagingMode mode)
+      : mem_(mem), mode_(mode), direct_(mem.DirectRam()) {}
 
   const vmm::GuestPhysMemory& phys() const { return mem_; }
   const vmm::PagingMode& mode() const { return mode_; }
@@ -29,6 +30,14 @@ class KernelMemory {
   // Reads `out.size()` bytes at kernel virtual address `va`. Errors are those of the page walk
   // (kNotFound for an unmapped page, kInvalidArgument outside RAM), with "reading VA" context.
   Status Read(std::uint64_t va, std::span<std::uint8_t> out) const;
+
+  // Where the `len` bytes at `va` are in this process, when guest RAM is mapped here
+  // (vmm::GuestPhysMemory::DirectRam) and they are mapped contiguously by one guest page and
+  // lie in one mapped range; nullptr otherwise (then Read reads them, or says why it cannot).
+  // For the hot loops inside a commit's pause: the task walk reads a task_struct's fields
+  // with plain loads from one pointer, the stack check scans stacks where they are. What
+  // the bytes say is still hostile input; only where they are is checked here.
+  const std::uint8_t* Direct(std::uint64_t va, std::size_t len) const;
 
   // GuestPhysMemory::Prefetch of the bytes at `va` (a hint; translation errors are ignored).
   void Prefetch(std::uint64_t va, std::size_t size) const;
@@ -44,27 +53,34 @@ class KernelMemory {
  private:
   struct Run {
     std::uint64_t gpa = 0;
-    std::uint64_t bytes = 0;  // physically contiguous bytes from gpa (to the end of the mapping)
-  };
-  struct Cached {
-    std::uint64_t gpa = 0, run = 0;
+    std::uint64_t bytes = 0;  // physically contiguous bytes from gpa (to the end of the page)
   };
   Result<Run> Translate(std::uint64_t va) const;
+  // `len` bytes at `gpa` inside one direct range, or nullptr.
+  const std::uint8_t* HostOf(std::uint64_t gpa, std::uint64_t len) const {
+    for (const vmm::DirectRange& d : direct_) {
+      if (gpa - d.start < d.size && len <= d.size - (gpa - d.start)) return d.data + (gpa - d.start);
+    }
+    return nullptr;
+  }
 
   const vmm::GuestPhysMemory& mem_;
   vmm::PagingMode mode_;
-  // 4 KiB virtual page -> guest-physical page and the contiguous run behind it. Page tables
-  // may change while the guest runs, so an instance lives for one pause (GuestKernel makes a
-  // fresh one per build or task walk).
-  mutable std::unordered_map<std::uint64_t, Cached> pages_;
-  // The last few 2 MiB / 1 GiB translations (the direct map, where task_structs and most kernel
-  // objects live), checked before the per-4 KiB map: one compare instead of a hash lookup, and
-  // no map entry per 4 KiB page of a huge mapping (thousands inside a commit's pause).
-  struct Huge {
-    std::uint64_t va = 0, size = 0, gpa = 0;  // size 0: unused
+  std::vector<vmm::DirectRange> direct_;
+  // Translations by 2 MiB virtual region, direct-mapped on the region number: the leaf's
+  // guest-physical base for a 2 MiB or 1 GiB page (the direct map, where task_structs live),
+  // or the page table that maps the region's 4 KiB pages (vmalloc'ed stacks: one PTE read per
+  // page instead of a four-level walk). Thousands of tasks are read inside a commit's pause;
+  // this keeps each read to a compare or one entry load, with no allocation. Page tables may
+  // change while the guest runs, so an instance lives for one pause (GuestKernel makes a fresh
+  // one per build or task walk).
+  struct Region {
+    std::uint64_t tag = ~std::uint64_t{0};  // va >> 21; never a canonical region's when unused
+    std::uint64_t base = 0;                 // gpa of the region's first byte, or of its page table
+    bool leaf = false;                      // base is data (2 MiB / 1 GiB page), not a table
   };
-  mutable std::array<Huge, 4> huge_{};
-  mutable unsigned next_huge_ = 0;
+  static constexpr std::size_t kRegions = 512;
+  mutable std::array<Region, kRegions> regions_{};
 };
 
 }  // namespace hv::patcher

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "base/hex.h"
+#include "patcher/plain_entry.h"
 #include "patcher/trampoline.h"
 
 namespace hv::patcher {
@@ -88,6 +89,7 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
   HV_ASSIGN_OR_RETURN(std::vector<RunPreFunction> run_pre, RunPreRecords(module));
   const AddressRange arena_range{arena.base_va(), arena.base_va() + arena.size()};
   std::set<std::uint64_t> sites;
+  std::optional<TextSites> text_sites;  // read once, for the first plain entry
   for (const auto& lf : linked.functions) {
     const KlpFunction& f = lf.klp;
     const std::string who = "function '" + f.old_name + "' in '" + f.object + "'";
@@ -108,7 +110,22 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
     if (!bytes.ok()) return fail(bytes.status().WithContext("reading its entry at " + Hex(old->address)));
     auto entry = ClassifyEntry(*bytes, old->address, arena_range);
     if (!entry.ok()) return fail(entry.status());
-    HV_RETURN_IF_ERROR(CheckPatchable(*entry, f.old_name));
+    if (entry->kind == EntryKind::kPlainCode) {
+      // No ftrace site: overwrite the first instructions, Ksplice's way (plain_entry.h).
+      if (f.object != "vmlinux") {
+        return fail(FailedPrecondition("its entry is plain code (" + entry->covered + "), not the ftrace nop; "
+                                       "hvpatch patches plain entries in vmlinux only"));
+      }
+      if (!text_sites) {
+        auto read = ReadVmlinuxTextSites(resolver, reader);
+        if (!read.ok()) return fail(read.status().WithContext("proving its plain entry safe to overwrite"));
+        text_sites = std::move(*read);
+      }
+      HV_RETURN_IF_ERROR(CheckNoTextSiteUnderJump(*entry, f.old_name, *text_sites));
+      for (const auto& [b, e] : ColdParts(resolver, f.old_name)) plan.busy.push_back({b, e});
+    } else {
+      HV_RETURN_IF_ERROR(CheckPatchable(*entry, f.old_name));
+    }
     const std::uint64_t site_end = entry->site_va + 5 - old->address;
     if (old->size != 0 && old->size < site_end) {
       return fail(InvalidArgument("it is " + std::to_string(old->size) + " bytes, too small for a 5-byte jump"));

@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <unordered_set>
+#include <cstring>
 
 #include "base/hex.h"
+#include "patcher/address_set.h"
 
 namespace hv::patcher {
 namespace {
@@ -122,6 +123,13 @@ const GuestTask* TaskSnapshot::FindTask(std::uint64_t task_struct) const {
   return nullptr;
 }
 
+TaskWalker::TaskWalker(TaskLayout layout, TaskAnchors anchors)
+    : layout_(std::move(layout)), anchors_(std::move(anchors)) {
+  const TaskLayout& l = layout_;
+  task_span_ = std::max({l.pid + 4, l.tgid + 4, l.comm + l.comm_size, l.state + 4, l.on_cpu + 4, l.stack + 8,
+                         l.thread_sp + 8});
+}
+
 void TaskWalker::PrefetchTask(const KernelMemory& mem, std::uint64_t task) const {
   const TaskLayout& l = layout_;
   for (std::uint64_t off : {l.state, l.stack, l.on_cpu, l.pid, l.comm, l.thread_sp, l.signal,
@@ -134,6 +142,24 @@ Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t ta
   const TaskLayout& l = layout_;
   GuestTask t;
   t.task = task;
+  if (const std::uint8_t* p = mem.Direct(task, task_span_)) {
+    // Guest RAM mapped here and the fields in one guest page: plain loads, the same fields
+    // and widths as the reads below.
+    auto load = [p](std::uint64_t off, auto v) {
+      std::memcpy(&v, p + off, sizeof v);
+      return v;
+    };
+    t.tid = load(l.pid, std::int32_t{});
+    t.pid = load(l.tgid, std::int32_t{});
+    const char* comm = reinterpret_cast<const char*>(p + l.comm);
+    t.comm.assign(comm, strnlen(comm, l.comm_size));
+    t.state = load(l.state, std::uint32_t{});
+    t.on_cpu = load(l.on_cpu, std::uint32_t{}) != 0;
+    t.stack_base = load(l.stack, std::uint64_t{});
+    t.stack_size = l.thread_size;
+    t.saved_sp = load(l.thread_sp, std::uint64_t{});
+    return t;
+  }
   auto ctx = [&](const Status& s) { return s.WithContext("reading task_struct at " + Hex(task)); };
   Result<std::int32_t> tid = mem.ReadS32(task + l.pid);
   if (!tid.ok()) return ctx(tid.status());
@@ -163,8 +189,8 @@ Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t ta
 Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   const TaskLayout& l = layout_;
   TaskSnapshot snap;
-  std::unordered_set<std::uint64_t> seen;  // task_struct addresses, across all lists
-  seen.reserve(1024);
+  AddressSet seen;  // task_struct addresses, across all lists
+  seen.Reserve(1024);
 
   // Follows a circular list from `head` (a list_head address), calling `visit` with each
   // entry's list_head address. The head itself is not an entry.
@@ -175,7 +201,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   auto walk_list = [&](std::uint64_t head, auto&& what, auto&& visit) -> Status {
     std::array<std::uint64_t, kSmallList> small;
     std::size_t n_small = 0;
-    std::unordered_set<std::uint64_t> nodes;
+    AddressSet nodes;  // allocates only for a list longer than kSmallList
     std::uint64_t node = head;
     for (std::size_t steps = 0;; ++steps) {
       Result<std::uint64_t> next = mem.ReadU64(node);
@@ -187,12 +213,12 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
       }
       const bool again = std::find(small.begin(), small.begin() + static_cast<std::ptrdiff_t>(n_small), node) !=
                              small.begin() + static_cast<std::ptrdiff_t>(n_small) ||
-                         nodes.count(node) != 0;
+                         nodes.Contains(node);
       if (again) return InvalidArgument("cycle in " + what() + " at " + Hex(node));
       if (n_small < kSmallList) {
         small[n_small++] = node;
       } else {
-        nodes.insert(node);
+        nodes.Insert(node);
       }
       HV_RETURN_IF_ERROR(visit(node));
     }
@@ -202,7 +228,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
     if (snap.tasks.size() >= kMaxTasks) {
       return InvalidArgument("more than " + std::to_string(kMaxTasks) + " tasks");
     }
-    if (!seen.insert(task).second) return Status::Ok();  // e.g. a leader met again as a thread
+    if (!seen.Insert(task)) return Status::Ok();  // e.g. a leader met again as a thread
     HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, task));
     snap.tasks.push_back(std::move(t));
     return Status::Ok();
@@ -274,7 +300,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
     v.current_task = *current;
 
     if (v.idle_task != 0) {
-      if (seen.insert(v.idle_task).second) {
+      if (seen.Insert(v.idle_task)) {
         HV_ASSIGN_OR_RETURN(GuestTask t, ReadTask(mem, v.idle_task));
         t.idle = true;
         t.idle_cpu = v.cpu;

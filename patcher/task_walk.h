@@ -114,8 +114,7 @@ class TaskWalker {
   static constexpr std::size_t kMaxTasks = 1u << 18;
   static constexpr std::uint32_t kMaxCpus = 8192;  // NR_CPUS of the largest configs
 
-  TaskWalker(TaskLayout layout, TaskAnchors anchors)
-      : layout_(std::move(layout)), anchors_(std::move(anchors)) {}
+  TaskWalker(TaskLayout layout, TaskAnchors anchors);
 
   // Walks all tasks and CPUs. Errors (kInvalidArgument unless a read fails): a cycle in a list
   // ("cycle in the thread list of pid N at ADDR"), more than kMaxTasks tasks, nr_cpu_ids of 0 or
@@ -135,6 +134,9 @@ class TaskWalker {
 
   TaskLayout layout_;
   TaskAnchors anchors_;
+  // Bytes from a task_struct's start to the end of the last field ReadTask reads: with guest
+  // RAM mapped, one KernelMemory::Direct of this many bytes serves all of them.
+  std::uint64_t task_span_ = 0;
 };
 
 }  // namespace hv::patcher

@@ -17,6 +17,16 @@ struct PhysRange {
   std::uint64_t end() const { return start + size; }
 };
 
+// Guest RAM that is mapped into this process: the byte at guest-physical `start` + i is
+// data[i], for i < size. Hot loops (the task walk and stack check inside a commit's pause) load
+// from it directly instead of one virtual ReadPhys per field; they check their bounds against
+// these ranges exactly as ReadPhys would (see patcher/kernel_memory.h).
+struct DirectRange {
+  std::uint64_t start = 0;
+  std::uint64_t size = 0;
+  const std::uint8_t* data = nullptr;
+};
+
 // Guest-physical memory. Every read is bounds-checked against RamRanges(); a read that touches
 // a byte outside them fails with kInvalidArgument naming the address. Guest memory is hostile
 // input: callers must bound what they read.
@@ -37,6 +47,11 @@ class GuestPhysMemory {
     (void)gpa;
     (void)size;
   }
+  // The guest RAM this process can load from directly, sorted by `start`; empty when reads are
+  // not plain loads (process_vm_readv, the gdbstub). Every range lies inside RamRanges(). The
+  // pointers stay valid as long as this object. A reader that uses them sees the same bytes
+  // ReadPhys would return.
+  virtual std::vector<DirectRange> DirectRam() const { return {}; }
 };
 
 // The result of translating a guest-virtual address through the guest's page tables.
@@ -46,6 +61,9 @@ struct Translation {
   bool writable = false;        // RW at every level
   bool user = false;            // US at every level
   bool nx = false;              // NX at any level (with EFER.NXE)
+  // Guest-physical address of the table that holds the leaf entry (for a 4 KiB page: the page
+  // table every 4 KiB page of the same 2 MiB region shares; patcher::KernelMemory caches it).
+  std::uint64_t leaf_table = 0;
 };
 
 }  // namespace hv::vmm

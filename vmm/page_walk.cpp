@@ -61,6 +61,7 @@ Result<Translation> TranslateVirt(const GuestPhysMemory& mem, const PagingMode& 
     if (leaf) {
       const std::uint64_t size = 1ull << shift;
       t.page_size = size;
+      t.leaf_table = table;
       t.gpa = ((entry & pte::kAddrMask) & ~(size - 1)) | (va & (size - 1));
       return t;
     }

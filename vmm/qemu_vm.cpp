@@ -416,6 +416,13 @@ Status QemuVm::MapShared(const Block& b, std::uint64_t base, const std::vector<M
 
 bool QemuVm::ReadsFromMapping() const { return mapped_; }
 
+std::vector<DirectRange> QemuVm::DirectRam() const {
+  std::vector<DirectRange> out;
+  if (!mapped_) return out;
+  for (const HostRange& r : ram_) out.push_back({r.gpa, r.size, r.local});  // ram_ is sorted
+  return out;
+}
+
 void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
   if (!mapped_ || size == 0) return;
   const HostRange* r = FindRange(gpa);
@@ -543,7 +550,13 @@ Status QemuVm::ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const {
 
 Status QemuVm::WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) {
   page_cache_.Invalidate(gpa, data.size());
-  return HostTransfer(gpa, const_cast<std::uint8_t*>(data.data()), data.size(), true);
+  HV_RETURN_IF_ERROR(HostTransfer(gpa, const_cast<std::uint8_t*>(data.data()), data.size(), true));
+  // Like a direct code write, QEMU's dirty log does not see it (arena pages, the arena's page
+  // tables, the kernel's module structures): marked for a migration in progress at Resume, or
+  // now when nothing is paused.
+  direct_writes_.emplace_back(gpa, data.size());
+  if (pause_depth_ == 0) return MarkDirectWritesForMigration();
+  return Status::Ok();
 }
 
 std::vector<PhysRange> QemuVm::RamRanges() const {
@@ -612,7 +625,7 @@ Status QemuVm::MarkDirectWritesForMigration() {
     bytes.resize(n);
     HV_RETURN_IF_ERROR(HostTransfer(gpa, bytes.data(), n, false));
     Status s = gdb_->WriteMemory(gpa, bytes);
-    if (!s.ok()) return s.WithContext("marking code at gpa " + Hex(gpa) + " dirty for the migration ('" + status + "')");
+    if (!s.ok()) return s.WithContext("marking gpa " + Hex(gpa) + " dirty for the migration ('" + status + "')");
   }
   return Status::Ok();
 }

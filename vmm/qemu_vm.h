@@ -87,6 +87,8 @@ class QemuVm final : public Vm {
   bool ReadsFromMapping() const override;
   // From the mapping, when there is one: the first cache lines of the range.
   void Prefetch(std::uint64_t gpa, std::size_t size) const override;
+  // The shared RAM mapping's ranges when ReadsFromMapping(); else empty.
+  std::vector<DirectRange> DirectRam() const override;
   // Plain host writes into guest RAM or the arena BAR. Errors as ReadPhys.
   Status WritePhys(std::uint64_t gpa, std::span<const std::uint8_t> data) override;
   // Translates `va` through the page tables of the first vCPU found in kernel mode (any kernel

@@ -43,10 +43,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     w->guest.Write64(hv::testing::FakeGuestKernel::kHeapVa + 8 * (index % words), value);
   }
   const auto vcpus = w->guest.vcpus();
-  (void)w->kernel->WalkTasks(w->guest.mem());
+  // Read through ReadPhys and through direct loads (a mapping of guest RAM): the same verdict
+  // and the same tasks, whatever the input did to the lists.
+  w->guest.mem().set_direct(false);
+  auto copied = w->kernel->WalkTasks(w->guest.mem());
+  w->guest.mem().set_direct(true);
+  auto loaded = w->kernel->WalkTasks(w->guest.mem());
+  if (copied.ok() != loaded.ok()) std::abort();
+  if (copied.ok()) {
+    if (copied->tasks.size() != loaded->tasks.size()) std::abort();
+    for (std::size_t i = 0; i < copied->tasks.size(); ++i) {
+      const auto& a = copied->tasks[i];
+      const auto& b = loaded->tasks[i];
+      if (a.task != b.task || a.tid != b.tid || a.pid != b.pid || a.comm != b.comm || a.saved_sp != b.saved_sp ||
+          a.stack_base != b.stack_base || a.state != b.state || a.on_cpu != b.on_cpu) {
+        std::abort();
+      }
+    }
+  }
   (void)w->kernel->StackRegions(w->guest.mem(), vcpus);
   // The module list too: a fresh build walks it (and everything else) again.
   (void)hv::patcher::GuestKernel::Build(w->guest.mem(), vcpus);
+  w->guest.mem().set_direct(false);
   w->guest.mem().Write(hv::testing::FakeGuestKernel::kHeapPa, w->heap);
   return 0;
 }

@@ -1,5 +1,5 @@
 // hvpatch-testvm: the VM test harness for shell scripts (the demo, manual poking).
-//   hvpatch-testvm start DIR [--no-agent] [--accel kvm] [--mem MIB]
+//   hvpatch-testvm start DIR [--no-agent] [--accel kvm] [--mem MIB] [--qemu-arg ARG]...
 //                                            boot a test guest in DIR, detached; prints its QMP target
 //   hvpatch-testvm run DIR SCRIPT            run SCRIPT in the guest; prints output, exits with its code
 //   hvpatch-testvm stop DIR                  stop the guest started in DIR (by its PID)
@@ -14,7 +14,7 @@ namespace {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: hvpatch-testvm start DIR [--no-agent] [--accel tcg|kvm] [--mem MIB]\n"
+               "usage: hvpatch-testvm start DIR [--no-agent] [--accel tcg|kvm] [--mem MIB] [--qemu-arg ARG]...\n"
                "       hvpatch-testvm run DIR SCRIPT\n"
                "       hvpatch-testvm stop DIR\n");
   return 2;
@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
       if (std::strcmp(argv[i], "--no-agent") == 0) o.agent = false;
       else if (std::strcmp(argv[i], "--accel") == 0 && i + 1 < argc) o.accel = argv[++i];
       else if (std::strcmp(argv[i], "--mem") == 0 && i + 1 < argc) o.mem_mib = std::atoi(argv[++i]);
+      else if (std::strcmp(argv[i], "--qemu-arg") == 0 && i + 1 < argc) o.extra_qemu_args.push_back(argv[++i]);
       else return Usage();
     }
     auto vm = hv::testing::TestVm::Start(o);

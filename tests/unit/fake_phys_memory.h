@@ -30,6 +30,13 @@ class FakePhysMemory : public vmm::GuestPhysMemory {
   std::vector<vmm::PhysRange> RamRanges() const override {
     return {vmm::PhysRange{base_, bytes_.size()}};
   }
+  // With set_direct(true), the bytes are also offered for plain loads, as a mapping of guest
+  // RAM would be (vmm::GuestPhysMemory::DirectRam).
+  std::vector<vmm::DirectRange> DirectRam() const override {
+    if (!direct_) return {};
+    return {vmm::DirectRange{base_, bytes_.size(), bytes_.data()}};
+  }
+  void set_direct(bool on) { direct_ = on; }
 
   void Write(std::uint64_t gpa, std::span<const std::uint8_t> data) {
     std::memcpy(bytes_.data() + (gpa - base_), data.data(), data.size());
@@ -75,6 +82,7 @@ class FakePhysMemory : public vmm::GuestPhysMemory {
   std::uint64_t base_;
   std::vector<std::uint8_t> bytes_;
   std::uint64_t next_table_ = 0;
+  bool direct_ = false;
 };
 
 }  // namespace hv::testing

@@ -1,7 +1,9 @@
 // Issue 12's acceptance on real guests: `hvpatch build --kernel 6.1.0-47-cloud-amd64` turns the
 // four real fixes of ../shared/fixes (read from there, never copied) into livepatch modules from
-// Debian's source; each applies to a running 6.1.170-3 TCG guest from the host (run-pre matched)
-// and reverts, and loads with insmod in the guest under upstream livepatch. A patch built for
+// Debian's source; each applies to a running 6.1.170-3 TCG guest from the host (run-pre matched),
+// a workload reaches the fixed function (fasync for 09, hvp_ucs2 for 19, disk writes for 24,
+// srr for 33, whose fix changes what the guest answers), and it reverts; and 09, 24 and 33 load
+// with insmod in the guest under upstream livepatch (19 cannot: livepatch needs an ftrace site). A patch built for
 // 6.1.170-3 is refused by run-pre on the newer default guest, naming function and offset; a fix
 // that changes global data is refused by name.
 //
@@ -20,6 +22,7 @@
 #include <thread>
 
 #include "tests/harness/base64.h"
+#include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 
@@ -145,16 +148,99 @@ TEST_F(BuildTest, StructLayoutChangeIsRefusedByName) {
   EXPECT_FALSE(fs::exists(work_ / "blk_queue_stats.ko"));
 }
 
+// A build killed while its fix is in the shared source tree: the next build of that cache puts
+// the tree back first, and its module is the same as a clean build's.
+TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
+  ASSERT_EQ(builds_["24"].exit_code, 0);
+  const fs::path cache = Env("HVPATCH_BUILD_CACHE");
+  const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
+  auto read = [](const fs::path& p) {
+    std::ifstream f(p);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  const std::string pristine = read(source);
+  ASSERT_THAT(pristine, HasSubstr("for_each_online_cpu(cpu) {"));
+  auto pending = [&] {
+    for (const auto& e : fs::directory_iterator(cache)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("applied-", 0) == 0) return true;
+    }
+    return false;
+  };
+  ASSERT_FALSE(pending());
+  {
+    HvpatchProcess p({"build", "--kernel", kRelease, "--cache", cache.string(), "-o", (work_ / "killed.ko").string(),
+                      Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff"},
+                     {}, (work_ / "killed").string());
+    for (int i = 0; i < 6000 && !pending() && p.Alive(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_TRUE(pending()) << "the build never applied its fix";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // inside the build of the fixed file
+    p.Kill9();
+  }
+  ASSERT_THAT(read(source), HasSubstr("for_each_possible_cpu(cpu) {")) << "the kill came too late to test anything";
+  ASSERT_TRUE(pending());
+  // The killed build's compilers may still be running: the cache lock (inherited by them) makes
+  // the next build wait until they have finished.
+
+  const HvpatchRun again = Build(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff", (work_ / "again.ko").string());
+  ASSERT_EQ(again.exit_code, 0) << Describe(again);
+  EXPECT_THAT(again.out, HasSubstr("replaces blk_stat_timer_fn in "));
+  EXPECT_EQ(read(source), pristine);
+  EXPECT_FALSE(pending());
+}
+
+// A diff that does not fit the source is refused and changes nothing, even where some of its
+// hunks would fit.
+TEST_F(BuildTest, ADiffThatDoesNotFitChangesNothing) {
+  const fs::path cache = Env("HVPATCH_BUILD_CACHE");
+  const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
+  std::ifstream in(source);
+  const std::string pristine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string diff = (work_ / "half.diff").string();
+  std::ifstream fix(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff");
+  std::string good((std::istreambuf_iterator<char>(fix)), std::istreambuf_iterator<char>());
+  // The real hunk, then one whose context is not in the file.
+  std::ofstream(diff) << good << "@@ -20,3 +20,3 @@\n no such line here\n-neither this one\n+nor this\n";
+  const HvpatchRun r = Build(diff, (work_ / "half.ko").string());
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("the diff does not fit this kernel source"));
+  std::ifstream after(source);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(after)), std::istreambuf_iterator<char>()), pristine);
+  EXPECT_FALSE(fs::exists(work_ / "half.ko"));
+}
+
 // Acceptance 1 and 2 on the 6.1.170-3 guest, one guest for both.
 TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
   for (const auto& f : kFixes) ASSERT_EQ(builds_[f.id].exit_code, 0) << f.diff;
+  // A scratch virtio-blk disk: writes to it reach blk_stat_timer_fn (fix 24) through
+  // writeback throttling's statistics timer (wbt is on by default for a blk-mq disk).
+  const std::string disk = (work_ / "scratch.img").string();
+  { std::ofstream(disk).close(); fs::resize_file(disk, 64 << 20); }
   testing::TestVmOptions o;
+  o.extra_qemu_args = {"-drive", "file=" + disk + ",if=none,id=scratch,format=raw", "-device",
+                       "virtio-blk-pci,drive=scratch"};
   auto vm = TestVm::Start(o);
   ASSERT_TRUE(vm.ok()) << vm.status().message();
   auto uname = (*vm)->Check("uname -r");
   ASSERT_TRUE(uname.ok());
   ASSERT_EQ(*uname, std::string(kRelease) + "\n") << "HVPATCH_IMAGES must be the 6.1.170-3 images";
   const std::string target = (*vm)->qmp_target();
+  auto disk_up = (*vm)->Check("insmod /lib/modules/virtio_blk.ko; for i in $(seq 50); do [ -e /sys/block/vda/dev ] && break; "
+                              "sleep 0.1; done; rm -f /dev/vda; mknod /dev/vda b $(tr : ' ' < /sys/block/vda/dev) && "
+                              "cat /sys/block/vda/queue/wbt_lat_usec");
+  ASSERT_TRUE(disk_up.ok()) << disk_up.status().message();
+  ASSERT_NE(*disk_up, "0\n") << "writeback throttling is off: the disk workload would not reach blk_stat_timer_fn";
+  const std::string blk_workload = "dd if=/dev/zero of=/dev/vda bs=64k count=512 conv=fsync 2>&1 | tail -1; sleep 1";
+  // The workload reaches the function: shown with ftrace on the unpatched kernel (not while
+  // patched: the ftrace site then holds hvpatch's jump, and ftrace must not touch it).
+  auto reach = (*vm)->Check("cd /sys/kernel/tracing && echo blk_stat_timer_fn > set_ftrace_filter && "
+                            "echo function > current_tracer && " + blk_workload + " >/dev/null && "
+                            "n=$(grep -c blk_stat_timer_fn trace); echo nop > current_tracer; echo > set_ftrace_filter; "
+                            "echo > trace; echo $n");
+  ASSERT_TRUE(reach.ok()) << reach.status().message();
+  EXPECT_GT(std::stoi(*reach), 0) << "the disk workload did not reach blk_stat_timer_fn";
+  // Fix 33 refuses a source route to a user without CAP_NET_RAW; the unpatched kernel takes it.
+  EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
 
   // From the host: run-pre passes, the workload runs on the new code, revert.
   // 33's new code carries a WARN (__bug_table) and user access (__ex_table, STAC/CLAC
@@ -169,19 +255,64 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
       ASSERT_TRUE(w.ok()) << w.status().message();
       EXPECT_EQ(*w, "fasync: ok\n");
     }
+    if (id == "24") {
+      EXPECT_EQ(*(*vm)->Check(blk_workload), "512+0 records out\n");
+    }
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: EPERM\n");
+    }
     auto alive = (*vm)->Check("cat /proc/version");
     ASSERT_TRUE(alive.ok());
     EXPECT_THAT(*alive, HasSubstr("6.1.170-3"));
     HvpatchRun rv = Hvpatch({"revert", target, "fix" + id});
     ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
     EXPECT_THAT(rv.out, HasSubstr("reverted patch 'fix" + id + "'"));
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
+    }
+    auto dmesg = (*vm)->Check("dmesg | grep -c -E 'Oops|BUG:|general protection' || true");
+    ASSERT_TRUE(dmesg.ok());
+    EXPECT_EQ(*dmesg, "0\n");
   }
-  // lib/ is built without ftrace: ucs2_strnlen has no ftrace site to patch.
+  // lib/ is built without ftrace: ucs2_strnlen starts with plain instructions, which hvpatch
+  // overwrites once it has proven that safe (patcher/plain_entry.h). Nothing calls it in a guest
+  // without EFI variables, so the test patch hvp_ucs2 does, from /proc/cmdline.
   {
-    HvpatchRun a = Hvpatch({"apply", target, Module("19")});
-    EXPECT_EQ(a.exit_code, 1) << Describe(a);
-    EXPECT_THAT(a.err, HasSubstr("function 'ucs2_strnlen' at "));
-    EXPECT_THAT(a.err, HasSubstr("not an ftrace-patchable entry"));
+    SCOPED_TRACE("fix 19");
+    auto sym = (*vm)->Check("awk '$3 == \"ucs2_strnlen\" { print $1; exit }' /proc/kallsyms");
+    ASSERT_TRUE(sym.ok()) << sym.status().message();
+    const std::uint64_t fn = std::strtoull(sym->c_str(), nullptr, 16);
+    ASSERT_NE(fn, 0u) << *sym;
+    auto before = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(before.ok()) << before.status().message();
+    ASSERT_NE((*before)[0], 0xe9) << "ucs2_strnlen is already patched";
+    ASSERT_NE((*before)[0], 0x0f) << "ucs2_strnlen has an ftrace site after all: this test proves nothing";
+
+    HvpatchRun w = Hvpatch({"apply", target, testing::PatchModule("hvp_ucs2")});
+    ASSERT_EQ(w.exit_code, 0) << Describe(w);
+    EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+
+    HvpatchRun a = Hvpatch({"--json", "apply", target, Module("19")});
+    ASSERT_EQ(a.exit_code, 0) << Describe(a);
+    EXPECT_THAT(a.out, HasSubstr("\"plain_code\""));
+    auto patched = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(patched.ok()) << patched.status().message();
+    EXPECT_EQ((*patched)[0], 0xe9) << "no jump at ucs2_strnlen's entry";
+    // Every call now goes through the jump to the new code (the old first instructions are
+    // gone), and gives the same answers.
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+    auto dmesg = (*vm)->Check("dmesg | grep -c -E 'Oops|BUG:|general protection' || true");
+    ASSERT_TRUE(dmesg.ok());
+    EXPECT_EQ(*dmesg, "0\n");
+
+    HvpatchRun rv = Hvpatch({"revert", target, "fix19"});
+    ASSERT_EQ(rv.exit_code, 0) << Describe(rv);
+    auto after = testing::ReadKernelText(target, fn, 5);
+    ASSERT_TRUE(after.ok()) << after.status().message();
+    EXPECT_EQ(*after, *before) << "revert must restore ucs2_strnlen's first instructions";
+    EXPECT_EQ(*(*vm)->Check("cat /proc/cmdline"), "hvp_ucs2: 3 2 4\n");
+    HvpatchRun rw = Hvpatch({"revert", target, "hvp_ucs2"});
+    ASSERT_EQ(rw.exit_code, 0) << Describe(rw);
   }
 
   // In the guest, upstream livepatch: insmod, transition 0, workload, disable, rmmod.
@@ -200,10 +331,19 @@ TEST_F(BuildTest, AppliesFromTheHostAndLoadsWithInsmodOnTheRunningKernel) {
     if (id == "09") {
       EXPECT_EQ(*(*vm)->Check("fasync"), "fasync: ok\n");
     }
+    if (id == "24") {
+      EXPECT_EQ(*(*vm)->Check(blk_workload), "512+0 records out\n");
+    }
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: EPERM\n");
+    }
     auto off = (*vm)->Check("echo 0 > " + sys + "/enabled; for i in $(seq 60); do [ -d " + sys +
                             " ] || break; sleep 1; done; rmmod fix" + id + " && echo removed");
     ASSERT_TRUE(off.ok()) << off.status().message();
     EXPECT_EQ(*off, "removed\n");
+    if (id == "33") {
+      EXPECT_EQ(*(*vm)->Check("srr"), "srr: ok\n");
+    }
   }
   // ucs2_strnlen: livepatch needs ftrace too, and refuses the same way.
   CopyToGuest(**vm, Module("19"), "/tmp/fix19.ko");

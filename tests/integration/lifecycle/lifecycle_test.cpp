@@ -219,5 +219,77 @@ TEST_F(LifecycleTest, MigratedToAFileAndRestoredStaysPatchedAndRevertRestores) {
   EXPECT_EQ(Guest("cat /proc/cmdline"), original);
 }
 
+
+// 4. An apply while a live migration is under way: QEMU's dirty log does not see hvpatch's own
+// writes into guest RAM and the arena, so hvpatch writes them again through QEMU (the gdbstub)
+// before the guest runs, and the migration sends them again. The migration is held at its last step
+// (capability pause-before-switchover: the VM is stopped, the final pass of dirty pages not
+// yet sent), which makes the window certain instead of a race.
+TEST_F(LifecycleTest, AppliedDuringALiveMigrationArrivesAtTheDestination) {
+  TestVmOptions boot;
+  boot.agent = false;  // the VM is stopped by the migration: no agent could answer
+  ASSERT_NO_FATAL_FAILURE(Boot(boot));
+  const std::string original = Guest("cat /proc/cmdline");
+  ASSERT_NE(original, kSampleText);
+
+  auto qmp = qmp::QmpClient::Connect(vm_dir_ + "/qmp.sock");
+  ASSERT_THAT(qmp, IsOk());
+  ASSERT_THAT((*qmp)->Execute("migrate-set-capabilities",
+                              {{"capabilities", json::array({{{"capability", "pause-before-switchover"}, {"state", true}}})}}),
+              IsOk());
+  // A downtime limit of 1 ms: the migration only enters its last step once (almost) every page
+  // has been sent at least once, so the pages hvpatch writes next are already on the other side
+  // and reach it again only if they are marked dirty.
+  ASSERT_THAT((*qmp)->Execute("migrate-set-parameters", {{"downtime-limit", 1}}), IsOk());
+  const std::string stream = vm_->dir() + "/live.migration";
+  ASSERT_THAT((*qmp)->Execute("migrate", {{"uri", "exec:cat > '" + stream + "'"}}), IsOk());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::string status;
+  while (status != "pre-switchover") {
+    auto st = (*qmp)->Execute("query-migrate");
+    ASSERT_THAT(st, IsOk());
+    status = (*st).value("status", "");
+    ASSERT_NE(status, "failed") << st->dump();
+    ASSERT_NE(status, "completed") << "pause-before-switchover was not honoured";
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << st->dump();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  qmp->reset();  // QEMU's QMP socket takes one client at a time: hvpatch's turn
+  HvpatchRun a = Hv({"apply", Domain(), Patch("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << Describe(a);
+
+  qmp = qmp::QmpClient::Connect(vm_dir_ + "/qmp.sock");
+  ASSERT_THAT(qmp, IsOk());
+  ASSERT_THAT((*qmp)->Execute("migrate-continue", {{"state", "pre-switchover"}}), IsOk());
+  for (;;) {
+    auto st = (*qmp)->Execute("query-migrate");
+    ASSERT_THAT(st, IsOk());
+    status = (*st).value("status", "");
+    if (status == "completed") break;
+    ASSERT_NE(status, "failed") << st->dump();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << st->dump();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  qmp->reset();
+  ASSERT_THAT(vm_->Stop(), IsOk());
+  vm_.reset();
+  {
+    std::ofstream zero(arena_path_, std::ios::binary | std::ios::trunc);
+    const std::string zeroes(2u << 20, '\0');
+    zero.write(zeroes.data(), static_cast<std::streamsize>(zeroes.size()));
+  }
+  TestVmOptions o = boot;
+  o.incoming = "exec:cat '" + stream + "'";
+  ASSERT_NO_FATAL_FAILURE(Restart(o));
+  EXPECT_EQ(Guest("cat /proc/cmdline"), kSampleText) << "the destination lost the patch made during the migration";
+  const json j = ListJson();
+  ASSERT_EQ(j["patches"].size(), 1u) << j.dump();
+  EXPECT_EQ(j["patches"][0]["consistent"], true) << j.dump();
+  HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
 }  // namespace
 }  // namespace hv

@@ -77,18 +77,46 @@ TEST(ClassifyEntry, ForeignJumpIsRefused) {
                                  "hvpatch's arena")));
 }
 
-TEST(ClassifyEntry, OtherInstructionsAreNamed) {
-  auto s = ClassifyEntry(Entry({0x55, 0x48, 0x89, 0xe5}), kFn, kArena);  // push rbp; mov rbp, rsp
+TEST(ClassifyEntry, PlainCodeIsNamedAndNeedsItsOwnProof) {
+  // ucs2_strnlen in Debian's 6.1.170-3 (lib/ is built without ftrace): mov rax, rsi; xor edx, edx
+  auto s = ClassifyEntry(Entry({0x48, 0x89, 0xf0, 0x31, 0xd2, 0x48, 0x85, 0xf6}), kFn, kArena);
   ASSERT_THAT(s, IsOk());
-  EXPECT_EQ(s->kind, EntryKind::kOther);
-  EXPECT_THAT(CheckPatchable(*s, "notrace_fn"),
-              StatusIs(Code::kFailedPrecondition,
-                       "function 'notrace_fn' at 0xffffffff81300000 starts with 'push rbp', not the "
-                       "ftrace nop (0f 1f 44 00 00): not an ftrace-patchable entry"));
+  EXPECT_EQ(s->kind, EntryKind::kPlainCode);
+  EXPECT_EQ(s->covered, "mov rax, rsi; xor edx, edx");
+  EXPECT_EQ(s->covered_size, 5u);
+  EXPECT_THAT(CheckPatchable(*s, "ucs2_strnlen"),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("plain code, which only the plain-entry proof may allow")));
+  // push rbp; mov rbp, rsp: 4 bytes, so the instruction after them is under the jump too.
+  auto p = ClassifyEntry(Entry({0x55, 0x48, 0x89, 0xe5, 0x41, 0x57}), kFn, kArena);
+  ASSERT_THAT(p, IsOk());
+  EXPECT_EQ(p->kind, EntryKind::kPlainCode);
+  EXPECT_EQ(p->covered, "push rbp; mov rbp, rsp; push r15");
+  EXPECT_EQ(p->covered_size, 6u);
+}
+
+TEST(ClassifyEntry, BreakpointsAndShortFunctionsAreNotPlainCode) {
   auto bp = ClassifyEntry(Entry({0xcc, 0x1f, 0x44, 0x00, 0x00}), kFn, kArena);
   ASSERT_THAT(bp, IsOk());
+  EXPECT_EQ(bp->kind, EntryKind::kOther);
   EXPECT_THAT(CheckPatchable(*bp, "f"),
               StatusIs(Code::kFailedPrecondition, HasSubstr("'int3', not the ftrace nop: a breakpoint")));
+  // A kprobe on the second instruction: the int3 is under the jump.
+  auto kp = ClassifyEntry(Entry({0x55, 0xcc, 0x89, 0xe5, 0x41, 0x57}), kFn, kArena);
+  ASSERT_THAT(kp, IsOk());
+  EXPECT_EQ(kp->kind, EntryKind::kOther);
+  EXPECT_THAT(CheckPatchable(*kp, "notrace_fn"),
+              StatusIs(Code::kFailedPrecondition,
+                       "function 'notrace_fn' at 0xffffffff81300000 starts with 'push rbp', not the ftrace nop "
+                       "(0f 1f 44 00 00): not an ftrace-patchable entry, nor plain code ('int3' at +1 under "
+                       "the jump)"));
+  // xor eax, eax; ret: the function ends under the jump.
+  auto ret = ClassifyEntry(Entry({0x31, 0xc0, 0xc3}), kFn, kArena);
+  ASSERT_THAT(ret, IsOk());
+  EXPECT_EQ(ret->kind, EntryKind::kOther);
+  // An optprobe's jump after the first instruction.
+  auto opt = ClassifyEntry(Entry({0x55, 0xe9, 0x00, 0x10, 0x00, 0x00}), kFn, kArena);
+  ASSERT_THAT(opt, IsOk());
+  EXPECT_EQ(opt->kind, EntryKind::kOther);
 }
 
 TEST(ClassifyEntry, NeedsNineBytes) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 
+#include "fake_code_reader.h"
 #include "fake_resolver.h"
 #include "patch_files.h"
 #include "patcher/trampoline.h"
@@ -26,31 +27,16 @@ constexpr std::uint64_t kCmdline = 0xffffffff81300000;
 constexpr std::uint64_t kVersion = 0xffffffff81300100;
 
 // Guest kernel text as a few byte runs, with the ftrace nop at each function entry.
-class FakeKernelText : public GuestCodeReader {
+class FakeKernelText : public testing::FakeCodeReader {
  public:
   FakeKernelText() {
     for (std::uint64_t fn : std::initializer_list<std::uint64_t>{kCmdline, kVersion, 0xffffffff81e00000, 0xffffffffc0201000}) {
       std::vector<std::uint8_t> b(64, 0x90);
       const std::uint8_t nop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
       std::memcpy(b.data(), nop5, 5);
-      runs_[fn] = b;
+      Put(fn, b);
     }
   }
-  void Write(std::uint64_t va, std::span<const std::uint8_t> bytes) {
-    auto& run = runs_.at(va);
-    std::copy(bytes.begin(), bytes.end(), run.begin());
-  }
-  Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
-    for (const auto& [start, b] : runs_) {
-      if (va >= start && va + size <= start + b.size()) {
-        return std::vector<std::uint8_t>(b.begin() + (va - start), b.begin() + (va - start + size));
-      }
-    }
-    return Unavailable("address " + std::to_string(va) + " is not mapped");
-  }
-
- private:
-  std::map<std::uint64_t, std::vector<std::uint8_t>> runs_;
 };
 
 class PlanTest : public ::testing::Test {
@@ -150,6 +136,59 @@ TEST_F(PlanTest, FtraceOwnedEntryIsRefused) {
                        "planning patch 'hvp_sample': function 'cmdline_proc_show' at 0xffffffff81300000 "
                        "starts with 'call 0xffffffff81302000', not the ftrace nop: ftrace owns it (traced "
                        "in the guest, or patched by an in-guest livepatch)"));
+}
+
+// A function without an ftrace site (plain instructions at its entry): the jump overwrites them
+// once vmlinux's runtime-rewritten sites are shown not to be under it, and its .cold part counts
+// as busy; in a module it is refused.
+TEST_F(PlanTest, PlainEntryIsPatchedOnlyWhenProvenSafe) {
+  auto m = Load("hvp_sample");
+  ASSERT_THAT(m, IsOk());
+  const std::uint8_t plain[] = {0x48, 0x89, 0xf0, 0x31, 0xd2};  // mov rax, rsi; xor edx, edx
+  text_.Write(kCmdline, plain);
+  // No table bounds in kallsyms: nothing to be under the jump.
+  guest_.Add("cmdline_proc_show.cold", 0xffffffff81f80000, 0x30);
+  auto plan = BuildPlan(*m, guest_, text_, Arena());
+  ASSERT_THAT(plan, IsOk());
+  EXPECT_EQ(plan->functions[0].entry.kind, EntryKind::kPlainCode);
+  EXPECT_THAT(plan->functions[0].entry.current, ElementsAre(0x48, 0x89, 0xf0, 0x31, 0xd2));
+  bool cold_busy = false;
+  for (const auto& r : plan->busy) cold_busy |= r.begin == 0xffffffff81f80000 && r.end == 0xffffffff81f80030;
+  EXPECT_TRUE(cold_busy);
+
+  // A jump-label site at +2 (self-relative s32 in a one-entry __jump_table).
+  FakeResolver guest = GuestSymbols();
+  constexpr std::uint64_t kTable = 0xffffffff82000000;
+  guest.Add("__start___jump_table", kTable).Add("__stop___jump_table", kTable + 16);
+  class WithTable : public GuestCodeReader {
+   public:
+    explicit WithTable(const GuestCodeReader& text) : text_(text) {}
+    Result<std::vector<std::uint8_t>> Read(std::uint64_t va, std::size_t size) const override {
+      if (va != kTable) return text_.Read(va, size);
+      std::vector<std::uint8_t> e(16, 0);
+      const auto rel = static_cast<std::int32_t>(static_cast<std::int64_t>(kCmdline + 2 - kTable));
+      std::memcpy(e.data(), &rel, 4);
+      return e;
+    }
+   private:
+    const GuestCodeReader& text_;
+  } with_table(text_);
+  EXPECT_THAT(BuildPlan(*m, guest, with_table, Arena()),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("function 'cmdline_proc_show' at 0xffffffff81300000 has no ftrace site, and its "
+                                 "first instructions (mov rax, rsi; xor edx, edx) hold a jump-label site at "
+                                 "0xffffffff81300002")));
+}
+
+TEST_F(PlanTest, PlainEntryInAModuleIsRefused) {
+  auto m = Load("hvp_virtio");
+  ASSERT_THAT(m, IsOk());
+  const std::uint8_t plain[] = {0x55, 0x48, 0x89, 0xe5, 0x41, 0x57};
+  text_.Write(0xffffffffc0201000, plain);
+  EXPECT_THAT(BuildPlan(*m, guest_, text_, Arena()),
+              StatusIs(Code::kFailedPrecondition,
+                       HasSubstr("its entry is plain code (push rbp; mov rbp, rsp; push r15), not the ftrace nop; "
+                                 "hvpatch patches plain entries in vmlinux only")));
 }
 
 TEST_F(PlanTest, ModuleFunctionIsResolvedInItsObject) {

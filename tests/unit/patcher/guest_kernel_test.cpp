@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <tuple>
 
@@ -210,6 +211,64 @@ TEST(GuestKernelTest, StackSourceAdapterRewalksEachTime) {
   ASSERT_THAT(second, IsOk());
   EXPECT_EQ(second->size() + 1, first->size());
   for (const StackRegion& r : *second) EXPECT_NE(r.comm, "worker-2");
+}
+
+// With guest RAM mapped (vmm::GuestPhysMemory::DirectRam) the walk loads task fields and the
+// stack check scans stacks in place; both must see exactly what ReadPhys shows, and the check
+// must find a planted return address either way.
+TEST(GuestKernelTest, DirectLoadsSeeWhatReadsSee) {
+  FakeGuestKernel g;
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const auto vcpus = g.vcpus();
+  auto first = (*k)->StackRegions(g.mem(), vcpus);
+  ASSERT_THAT(first, IsOk());
+  const auto sleeper = std::find_if(first->begin(), first->end(),
+                                    [](const StackRegion& r) { return r.kind == "task stack"; });
+  ASSERT_NE(sleeper, first->end());
+  constexpr std::uint64_t kFn = 0xffffffff81234000ull;
+  g.Write64(sleeper->begin + 0x18, kFn + 5);                // in the busy function
+  g.Write64(sleeper->begin + 0x20, kFn - 1);                // just below it
+  g.Write64(sleeper->begin + 0x28, kFn + 0x800);            // between the two ranges
+  const std::vector<CodeRange> busy = {{kFn, kFn + 0x40, "busy_fn"}, {kFn + 0x1000, kFn + 0x1010, "other"}};
+  struct Seen {
+    TaskSnapshot snap;
+    std::vector<StackRegion> regions;
+    StackCheckReport check;
+  };
+  auto look = [&](bool direct) -> Result<Seen> {
+    g.mem().set_direct(direct);
+    Seen s;
+    HV_ASSIGN_OR_RETURN(s.snap, (*k)->WalkTasks(g.mem()));
+    HV_ASSIGN_OR_RETURN(s.regions, (*k)->StackRegions(g.mem(), vcpus));
+    HV_ASSIGN_OR_RETURN(s.check, CheckStacks(g.mem(), (*k)->paging(), vcpus, s.regions, busy));
+    return s;
+  };
+  auto copied = look(false);
+  auto loaded = look(true);
+  ASSERT_THAT(copied, IsOk());
+  ASSERT_THAT(loaded, IsOk());
+  ASSERT_EQ(loaded->snap.tasks.size(), copied->snap.tasks.size());
+  for (std::size_t i = 0; i < copied->snap.tasks.size(); ++i) {
+    const GuestTask& a = loaded->snap.tasks[i];
+    const GuestTask& b = copied->snap.tasks[i];
+    EXPECT_EQ(std::tie(a.task, a.pid, a.tid, a.comm, a.state, a.on_cpu, a.stack_base, a.saved_sp),
+              std::tie(b.task, b.pid, b.tid, b.comm, b.state, b.on_cpu, b.stack_base, b.saved_sp));
+  }
+  ASSERT_EQ(loaded->regions.size(), copied->regions.size());
+  for (std::size_t i = 0; i < copied->regions.size(); ++i) {
+    EXPECT_EQ(loaded->regions[i].begin, copied->regions[i].begin);
+    EXPECT_EQ(loaded->regions[i].end, copied->regions[i].end);
+  }
+  for (const auto* r : {&*copied, &*loaded}) {
+    ASSERT_EQ(r->check.hits.size(), 1u);
+    EXPECT_EQ(r->check.hits[0].tid, sleeper->tid);
+    EXPECT_EQ(r->check.hits[0].function, "busy_fn");
+    EXPECT_EQ(r->check.hits[0].address, kFn + 5);
+  }
+  EXPECT_EQ(loaded->check.bytes_scanned, copied->check.bytes_scanned);
+  EXPECT_EQ(loaded->check.threads_scanned, copied->check.threads_scanned);
+  EXPECT_GT(copied->check.bytes_scanned, 0u);
 }
 
 TEST(GuestKernelTest, StackRegionsAreConservativeDuringAContextSwitch) {
