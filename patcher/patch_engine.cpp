@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <random>
 #include <set>
 
@@ -516,6 +517,7 @@ Result<ApplyResult> PatchEngine::Apply(const ApplyRequest& request) {
     // The replaced patches' shadow modules are unlinked after the trampolines (see
     // CommitPlan::final_kernel_edits: a crash before then is undone with them still linked).
     for (const std::string& name : replacing->replaced) {
+      // A replaced patch's static keys may leave a tombstone in its data: DropReplaced keeps it.
       auto unlink = ShadowUnlinkEdit(name, *layout);
       if (!unlink) continue;
       if (!shadow_run) {

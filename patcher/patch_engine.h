@@ -166,7 +166,9 @@ class PatchEngine {
                                         bool* wrote);
   Status ResumeAfterCrash(Ledger& ledger, std::vector<std::string>& notes);
   // The end of an atomic replace by `by` (its pause done): the patches it replaced leave the
-  // ledger and their arena pages are freed (retired). Does not save.
+  // ledger and their arena pages are freed (retired) with FreePatchRuns, which keeps the data of
+  // one that holds a static key tombstone (read from the arena, so a recovery that finds their
+  // modules unlinked already decides the same). Does not save.
   Status DropReplaced(Ledger& ledger, const LedgerPatch& by);
   // Recovery of an atomic replace that a dead hvpatch left kApplying (ledger.patches[index]):
   // finished when every site holds the end state, else undone. Saves the ledger.
