@@ -53,18 +53,24 @@ void WaitForSigio(std::chrono::milliseconds d) {
 // ---- UnixSocketChannel ----
 
 Result<std::unique_ptr<UnixSocketChannel>> UnixSocketChannel::Listen(const std::string& path) {
+  // Bound and listening under a temporary name, then renamed into place: a client that sees
+  // the path can connect at once (bind creates the file before listen, and a connect in
+  // between is refused).
+  const std::string tmp = path + ".new";
   struct sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+  if (path.empty() || tmp.size() >= sizeof(addr.sun_path)) {
     return InvalidArgument("unix socket path '" + path + "' is empty or too long");
   }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  std::memcpy(addr.sun_path, tmp.c_str(), tmp.size() + 1);
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return ErrnoError("socket", errno);
-  unlink(path.c_str());
-  if (bind(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) < 0 || listen(fd, 4) < 0) {
+  unlink(tmp.c_str());
+  if (bind(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) < 0 || listen(fd, 4) < 0 ||
+      rename(tmp.c_str(), path.c_str()) < 0) {
     const int err = errno;
     close(fd);
+    unlink(tmp.c_str());
     return ErrnoError("listening on '" + path + "'", err);
   }
   return std::unique_ptr<UnixSocketChannel>(new UnixSocketChannel(path, fd));
