@@ -1,6 +1,7 @@
 #include "cli/session.h"
 
 #include "cli/render.h"
+#include "vmm/cached_phys_memory.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -113,7 +114,10 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
     HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> map, ReadPatchFile(options.system_map));
     ko.system_map.assign(map.begin(), map.end());
   }
-  auto kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+  // Through a page cache: the model's many small reads of the running guest (see
+  // vmm/cached_phys_memory.h). Only for the build: the commit reads in its own pause.
+  const vmm::CachedPhysMemory build_mem(*s->vm);
+  auto kernel = patcher::GuestKernel::Build(build_mem, *vcpus, ko);
   join_agent();  // its kallsyms are the fallback when the tables in memory cannot be read
   if (!kernel.ok() && s->agent) {
     // Slow under TCG (the whole /proc/kallsyms), so only when memory alone did not do.
@@ -121,7 +125,7 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
     if (text.ok()) {
       Progress(options, "symbols from guest memory failed (" + kernel.status().message() + "); using the agent's kallsyms");
       ko.agent_kallsyms = std::move(*text);
-      kernel = patcher::GuestKernel::Build(*s->vm, *vcpus, ko);
+      kernel = patcher::GuestKernel::Build(build_mem, *vcpus, ko);
     }
   }
   if (!kernel.ok()) return kernel.status().WithContext("reading the guest kernel of " + s->vm->Describe());

@@ -39,6 +39,9 @@ class KernelMemory {
   // the bytes say is still hostile input; only where they are is checked here.
   const std::uint8_t* Direct(std::uint64_t va, std::size_t len) const;
 
+  // True when Direct can ever succeed (guest RAM is mapped here).
+  bool direct() const { return !direct_.empty(); }
+
   // GuestPhysMemory::Prefetch of the bytes at `va` (a hint; translation errors are ignored).
   void Prefetch(std::uint64_t va, std::size_t size) const;
 

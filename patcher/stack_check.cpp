@@ -52,9 +52,22 @@ Result<StackCheckReport> CheckStacks(const vmm::GuestPhysMemory& mem, const vmm:
   std::vector<std::uint8_t> buf;
   std::vector<int> threads;  // tids, counted once at the end
   threads.reserve(regions.size());
-  // No prefetch hints here: measured in one pause on a mapping (bench/pause_scaling's A/B),
-  // they cost more than the overlap saved.
-  for (const auto& region : regions) {
+  // Where guest RAM is mapped here, the first lines of the stack kAhead regions on are
+  // requested while this one is scanned, so the cache (and TLB) misses of thousands of small
+  // scattered stacks overlap instead of coming one after another; the hardware prefetcher
+  // follows each stack upwards from there. A hint: nothing read through it is trusted.
+  constexpr std::size_t kAhead = 8, kLines = 4;
+  const bool hint = kmem.direct() && mem.ReadsFromMapping();
+  for (std::size_t i = 0; i < regions.size(); ++i) {
+    if (hint && i + kAhead < regions.size()) {
+      const std::uint64_t next = regions[i + kAhead].begin & ~std::uint64_t{63};
+      if (const std::uint8_t* p = kmem.Direct(next, 64)) {
+        for (std::size_t l = 0; l < kLines && ((next + 64 * l) & 4095) >= (next & 4095); ++l) {
+          __builtin_prefetch(p + 64 * l);
+        }
+      }
+    }
+    const StackRegion& region = regions[i];
     if (region.begin == 0) continue;
     if (region.begin > region.end || region.end - region.begin > kMaxStackRegion) {
       return InvalidArgument("stack of pid " + std::to_string(region.tid) + " ('" + region.comm +

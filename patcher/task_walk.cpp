@@ -127,14 +127,17 @@ TaskWalker::TaskWalker(TaskLayout layout, TaskAnchors anchors)
     : layout_(std::move(layout)), anchors_(std::move(anchors)) {
   const TaskLayout& l = layout_;
   task_span_ = std::max({l.pid + 4, l.tgid + 4, l.comm + l.comm_size, l.state + 4, l.on_cpu + 4, l.stack + 8,
-                         l.thread_sp + 8});
+                         l.thread_sp + 8, l.signal + 8, l.tasks + 8,
+                         (l.thread_group ? *l.thread_group : l.thread_node) + 8});
 }
 
 void TaskWalker::PrefetchTask(const KernelMemory& mem, std::uint64_t task) const {
   const TaskLayout& l = layout_;
+  const std::uint8_t* p = mem.Direct(task, task_span_);
+  if (p == nullptr) return;
   for (std::uint64_t off : {l.state, l.stack, l.on_cpu, l.pid, l.comm, l.thread_sp, l.signal,
                             l.thread_group ? *l.thread_group : l.thread_node}) {
-    mem.Prefetch(task + off, 8);
+    if (off < task_span_) __builtin_prefetch(p + off);
   }
 }
 
@@ -237,7 +240,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   // Processes, then each one's threads. init_task (pid 0) is the head: it is CPU 0's idle task
   // and is added with the idle tasks below.
   std::vector<std::uint64_t> leaders;
-  const bool prefetch = mem.phys().ReadsFromMapping();  // hints only help a mapping
+  const bool prefetch = mem.phys().ReadsFromMapping() && mem.direct();  // hints only help a mapping
   HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, [] { return std::string("the process list"); },
                                [&](std::uint64_t node) -> Status {
                                  leaders.push_back(node - l.tasks);
@@ -252,7 +255,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
     const std::uint64_t leader = leaders[i];
     if (prefetch && !l.thread_group && i + kAhead < leaders.size()) {
       if (Result<std::uint64_t> sig = mem.ReadU64(leaders[i + kAhead] + l.signal); sig.ok() && *sig) {
-        mem.Prefetch(*sig + l.signal_thread_head, 8);
+        if (const std::uint8_t* p = mem.Direct(*sig + l.signal_thread_head, 8)) __builtin_prefetch(p);
       }
     }
     HV_RETURN_IF_ERROR(add_task(leader));

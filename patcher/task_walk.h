@@ -134,7 +134,7 @@ class TaskWalker {
 
   TaskLayout layout_;
   TaskAnchors anchors_;
-  // Bytes from a task_struct's start to the end of the last field ReadTask reads: with guest
+  // Bytes from a task_struct's start to the end of the last field the walk reads: with guest
   // RAM mapped, one KernelMemory::Direct of this many bytes serves all of them.
   std::uint64_t task_span_ = 0;
 };

@@ -18,9 +18,25 @@ struct QmpEvent {
   nlohmann::json data;
 };
 
+// One command of a batch (QmpChannel::ExecuteAll).
+struct QmpCall {
+  std::string command;
+  nlohmann::json arguments = nlohmann::json::object();
+};
+
 class QmpChannel {
  public:
   virtual ~QmpChannel() = default;
+
+  // Runs `calls` in order and returns each one's result, exactly as Execute would have. A
+  // channel that can pipeline sends them all before it reads the first reply: one round trip
+  // to QEMU's main loop instead of one per command, which is what a command waits for on a
+  // busy host. The default runs them one after another.
+  virtual std::vector<Result<nlohmann::json>> ExecuteAll(const std::vector<QmpCall>& calls) {
+    std::vector<Result<nlohmann::json>> out;
+    for (const QmpCall& c : calls) out.push_back(Execute(c.command, c.arguments));
+    return out;
+  }
 
   // Runs `command` and returns its "return" value. Errors: the QMP error class mapped to a
   // code (see CodeForQmpClass), transport errors (kDeadlineExceeded, kIo, kUnavailable).

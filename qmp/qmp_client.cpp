@@ -138,6 +138,61 @@ Result<json> QmpClient::Execute(std::string_view command, const json& arguments)
   }
 }
 
+std::vector<Result<json>> QmpClient::ExecuteAll(const std::vector<QmpCall>& calls) {
+  if (!broken_.ok()) return std::vector<Result<json>>(calls.size(), broken_);
+  std::vector<json> ids;
+  std::string bytes;
+  for (const QmpCall& c : calls) {
+    ids.push_back("hv-" + std::to_string(next_id_++));
+    bytes += QmpCodec::EncodeCommand(c.command, c.arguments, ids.back());
+  }
+  std::vector<Result<json>> out(calls.size(), Internal("no reply read"));
+  if (Status sent = SendAll(bytes); !sent.ok()) return std::vector<Result<json>>(calls.size(), sent);
+  const auto deadline = DeadlineAfter(options_.timeout_ms);
+  // The reply to calls[next] is the next one expected; an id matching none of ours (a late
+  // reply to a command that timed out before) is skipped, as in Execute.
+  std::size_t next = 0;
+  auto index_of = [&](const json& id) -> std::size_t {
+    for (std::size_t k = next; k < ids.size(); ++k)
+      if (ids[k] == id) return k;
+    return ids.size();
+  };
+  while (next < calls.size()) {
+    Result<QmpMessage> m = ReadMessage(deadline);
+    if (!m.ok()) {
+      for (std::size_t k = next; k < calls.size(); ++k) {
+        out[k] = m.status().WithContext("QMP command '" + calls[k].command + "'");
+      }
+      break;
+    }
+    std::size_t k = ids.size();
+    switch (m->kind) {
+      case QmpMessage::Kind::kEvent:
+        QueueEvent(std::move(*m));
+        continue;
+      case QmpMessage::Kind::kGreeting:
+        continue;
+      case QmpMessage::Kind::kReturn:
+        k = index_of(m->id);
+        if (k == ids.size()) continue;
+        out[k] = std::move(m->value);
+        break;
+      case QmpMessage::Kind::kError:
+        // An id-less error answers input QEMU could not parse: the oldest command unanswered.
+        k = m->id.is_null() ? next : index_of(m->id);
+        if (k == ids.size()) continue;
+        out[k] = Status(CodeForQmpClass(m->error_class), "'" + calls[k].command + "': " + m->error_class + ": " + m->error_desc);
+        break;
+    }
+    // QEMU answers in order: anything before k got no reply of its own.
+    for (std::size_t skipped = next; skipped < k; ++skipped) {
+      out[skipped] = Internal("QMP command '" + calls[skipped].command + "' got no reply");
+    }
+    next = k + 1;
+  }
+  return out;
+}
+
 Result<std::string> QmpClient::Hmp(std::string_view command_line) {
   HV_ASSIGN_OR_RETURN(json r, Execute("human-monitor-command",
                                       json{{"command-line", std::string(command_line)}}));

@@ -48,6 +48,9 @@ class QmpClient final : public QmpChannel {
   Result<nlohmann::json> Execute(std::string_view command,
                                  const nlohmann::json& arguments = nlohmann::json::object()) override;
 
+  // Pipelined: every command is sent, then the replies are read (QEMU answers in order).
+  std::vector<Result<nlohmann::json>> ExecuteAll(const std::vector<QmpCall>& calls) override;
+
   // Runs an HMP command through "human-monitor-command" and returns its text output. HMP
   // reports many failures only in that text: callers check it.
   Result<std::string> Hmp(std::string_view command_line) override;

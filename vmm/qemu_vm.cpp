@@ -112,16 +112,43 @@ QemuVm::~QemuVm() {
   if (!gdb_dir_.empty()) rmdir(gdb_dir_.c_str());
 }
 
+Result<json> QemuVm::SetupQuery(const std::string& command, const json& arguments) {
+  const auto it = setup_replies_.find(command + " " + arguments.dump());
+  if (it == setup_replies_.end()) return qmp_->Execute(command, arguments);
+  Result<json> r = std::move(it->second);
+  setup_replies_.erase(it);
+  return r;
+}
+
 Status QemuVm::Setup(const QemuVmOptions& options) {
   options_ = options;
+  // The queries Setup needs that depend on nothing: one pipelined batch, one wait for QEMU's
+  // main loop instead of seven (each costs a scheduling round on a loaded host). Side effects
+  // (gdbserver, cont) stay in order below. Each reply is used once; the rest is dropped when
+  // Setup ends, so nothing later sees a reply older than its own question.
+  {
+    const std::vector<qmp::QmpCall> batch = {
+        {"query-status"}, {"query-cpus-fast"}, {"query-kvm"}, {"query-uuid"}, {"query-pci"},
+        {"human-monitor-command", json{{"command-line", "info mtree -f"}}}, {"query-memdev"}};
+    std::vector<Result<json>> replies = qmp_->ExecuteAll(batch);
+    for (std::size_t i = 0; i < batch.size() && i < replies.size(); ++i) {
+      setup_replies_.insert_or_assign(batch[i].command + " " + batch[i].arguments.dump(), std::move(replies[i]));
+    }
+  }
+  Status s = SetupSteps(options);
+  setup_replies_.clear();
+  return s;
+}
+
+Status QemuVm::SetupSteps(const QemuVmOptions& options) {
   HV_ASSIGN_OR_RETURN(const bool was_running, Running());
   HV_RETURN_IF_ERROR(FindPid());
-  HV_ASSIGN_OR_RETURN(json kvm, qmp_->Execute("query-kvm"));
+  HV_ASSIGN_OR_RETURN(json kvm, SetupQuery("query-kvm"));
   auto enabled = kvm.find("enabled");
   kvm_ = enabled != kvm.end() && enabled->is_boolean() && enabled->get<bool>();
   const char* path = std::getenv("HVPATCH_CODE_WRITE");
   direct_code_writes_ = kvm_ && !(path != nullptr && std::strcmp(path, "gdbstub") == 0);
-  HV_ASSIGN_OR_RETURN(json uuid, qmp_->Execute("query-uuid"));
+  HV_ASSIGN_OR_RETURN(json uuid, SetupQuery("query-uuid"));
   uuid_ = JsonString(uuid, "UUID");
   HV_RETURN_IF_ERROR(DiscoverArena());
   HV_RETURN_IF_ERROR(DiscoverMemory());
@@ -136,14 +163,14 @@ Status QemuVm::Setup(const QemuVmOptions& options) {
 }
 
 Result<bool> QemuVm::Running() {
-  HV_ASSIGN_OR_RETURN(json st, qmp_->Execute("query-status"));
+  HV_ASSIGN_OR_RETURN(json st, SetupQuery("query-status"));
   auto it = st.find("running");
   if (it == st.end() || !it->is_boolean()) return InvalidArgument("query-status has no 'running'");
   return it->get<bool>();
 }
 
 Status QemuVm::FindPid() {
-  HV_ASSIGN_OR_RETURN(json cpus, qmp_->Execute("query-cpus-fast"));
+  HV_ASSIGN_OR_RETURN(json cpus, SetupQuery("query-cpus-fast"));
   if (!cpus.is_array() || cpus.empty()) return InvalidArgument("query-cpus-fast lists no vCPUs");
   for (const json& cpu : cpus) {
     const std::uint64_t tid = JsonU64(cpu, "thread-id");
@@ -178,7 +205,7 @@ Status QemuVm::DiscoverArena() {
                       .WithHint("start QEMU with -object memory-backend-file,id=arena,size=2M,"
                                 "mem-path=/dev/shm/NAME,share=on -device ivshmem-plain,memdev=arena,"
                                 "master=on");
-  HV_ASSIGN_OR_RETURN(json pci, qmp_->Execute("query-pci"));
+  HV_ASSIGN_OR_RETURN(json pci, SetupQuery("query-pci"));
   std::vector<json> found;
   if (pci.is_array()) {
     for (const json& bus : pci) {
@@ -245,10 +272,12 @@ Status QemuVm::DiscoverArena() {
 }
 
 Status QemuVm::DiscoverMemory() {
-  HV_ASSIGN_OR_RETURN(std::string mtree, qmp_->Hmp("info mtree -f"));
+  HV_ASSIGN_OR_RETURN(json mtree_reply, SetupQuery("human-monitor-command", json{{"command-line", "info mtree -f"}}));
+  if (!mtree_reply.is_string()) return InvalidArgument("HMP 'info mtree -f' returned a non-string");
+  const std::string mtree = mtree_reply.get<std::string>();
   Result<std::vector<FlatRange>> flat = ParseSystemFlatView(mtree);
   if (!flat.ok()) return flat.status().WithContext("reading HMP 'info mtree -f'");
-  HV_ASSIGN_OR_RETURN(json memdevs, qmp_->Execute("query-memdev"));
+  HV_ASSIGN_OR_RETURN(json memdevs, SetupQuery("query-memdev"));
   HV_ASSIGN_OR_RETURN(std::string maps_text, ReadTextFile("/proc/" + std::to_string(pid_) + "/maps"));
   HV_ASSIGN_OR_RETURN(std::vector<HostMapping> maps, ParseProcMaps(maps_text));
   if (!memdevs.is_array()) return InvalidArgument("query-memdev did not return a list");

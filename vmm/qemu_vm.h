@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -139,6 +140,11 @@ class QemuVm final : public Vm {
  private:
   QemuVm() = default;
   Status Setup(const QemuVmOptions& options);
+  Status SetupSteps(const QemuVmOptions& options);  // Setup's work after its first batch
+  // During Setup: the reply to `command` from Setup's first pipelined batch, taken once; else
+  // (and always after Setup) the command run now.
+  Result<nlohmann::json> SetupQuery(const std::string& command,
+                                    const nlohmann::json& arguments = nlohmann::json::object());
   Status FindPid();
   Status DiscoverMemory();
   Status DiscoverArena();
@@ -160,6 +166,8 @@ class QemuVm final : public Vm {
   Status MarkDirectWritesForMigration();
 
   std::unique_ptr<qmp::QmpChannel> qmp_;
+  // Replies of Setup's first batch, by command and arguments; empty outside Setup.
+  std::map<std::string, Result<nlohmann::json>> setup_replies_;
   std::unique_ptr<GdbStubClient> gdb_;
   std::optional<GdbRegisterLayout> layout_;
   std::vector<std::string> threads_;

@@ -14,6 +14,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "status_matchers.h"
 
@@ -139,6 +140,42 @@ TEST(QmpClientTest, MatchesRepliesByIdAndQueuesEvents) {
   EXPECT_THAT((*c)->Execute("nosuch"),
               StatusIs(Code::kUnimplemented,
                        HasSubstr("'nosuch': CommandNotFound: The command nosuch has not been found")));
+}
+
+// ExecuteAll sends the whole batch before it reads: this server answers nothing until it holds
+// all three commands, then answers in order, with an event and a stale reply in between.
+TEST(QmpClientTest, ExecuteAllPipelinesAndMatchesEachReply) {
+  std::vector<json> held;
+  ScriptedServer server([&held](int fd, const json& cmd) {
+    if (cmd["execute"] == "qmp_capabilities") {
+      ScriptedServer::Write(fd, Reply(cmd, json::object()));
+      return true;
+    }
+    held.push_back(cmd);
+    if (held.size() < 3) return true;
+    ScriptedServer::Write(fd, Reply(held[0], "first"));
+    ScriptedServer::Write(fd, "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"RESUME\"}\r\n");
+    ScriptedServer::Write(fd, "{\"return\": \"stale\", \"id\": \"someone-else\"}\r\n");
+    ScriptedServer::Write(fd, json{{"id", held[1]["id"]},
+                                   {"error", {{"class", "DeviceNotFound"}, {"desc", "no such device"}}}}
+                                      .dump() + "\r\n");
+    ScriptedServer::Write(fd, Reply(held[2], json{{"n", 3}, {"x_of_b", held[1]["arguments"]["x"]}}));
+    return true;
+  });
+  auto c = QmpClient::Connect(server.path());
+  ASSERT_THAT(c, IsOk());
+  const std::vector<QmpCall> calls = {{"a"}, {"b", json{{"x", 1}}}, {"c"}};
+  auto r = (*c)->ExecuteAll(calls);
+  ASSERT_EQ(r.size(), 3u);
+  ASSERT_THAT(r[0], IsOk());
+  EXPECT_EQ(*r[0], "first");
+  EXPECT_THAT(r[1], StatusIs(Code::kNotFound, HasSubstr("'b': DeviceNotFound: no such device")));
+  ASSERT_THAT(r[2], IsOk());
+  EXPECT_EQ((*r[2])["n"], 3);
+  EXPECT_EQ((*r[2])["x_of_b"], 1);  // (held is the server thread's: read there)
+  auto events = (*c)->TakeEvents();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].name, "RESUME");
 }
 
 TEST(QmpClientTest, TimesOutAndDropsTheLateReply) {
