@@ -16,6 +16,7 @@
 #include "patcher/guest_kernel.h"
 #include "patcher/shadow_module.h"
 #include "status_matchers.h"
+#include "tests/harness/module_structures.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
 #include "vmm/vm.h"
@@ -110,27 +111,9 @@ class ReplaceIntegrationTest : public ::testing::Test {
 
   // The guest's module structures, read from the host in a pause of our own.
   static patcher::ModuleStructures Structures() {
-    auto vm = vmm::Open(Domain());
-    if (!vm.ok()) {
-      ADD_FAILURE() << "opening the VM: " << vm.status().message();
-      return {};
-    }
-    if (Status s = (*vm)->Pause(); !s.ok()) {
-      ADD_FAILURE() << s.message();
-      return {};
-    }
-    auto read = [&]() -> Result<patcher::ModuleStructures> {
-      HV_ASSIGN_OR_RETURN(auto vcpus, (*vm)->VcpuStates());
-      patcher::GuestKernelOptions opts;
-      opts.walk_tasks = false;
-      HV_ASSIGN_OR_RETURN(auto kernel, patcher::GuestKernel::Build(**vm, vcpus, opts));
-      HV_ASSIGN_OR_RETURN(auto layout, patcher::ShadowModuleLayout::Read(kernel->btf(), *kernel));
-      patcher::VmKernelWords mem(**vm, kernel->paging());
-      return patcher::ReadModuleStructures(mem, layout);
-    }();
-    EXPECT_THAT((*vm)->Resume(), IsOk());
+    auto read = testing::ReadGuestModuleStructures(Domain());
     if (!read.ok()) {
-      ADD_FAILURE() << "reading the module structures: " << read.status().message();
+      ADD_FAILURE() << read.status().message();
       return {};
     }
     return *read;
