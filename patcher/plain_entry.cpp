@@ -104,20 +104,9 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> ColdParts(const SymbolResol
                                                                 std::string_view function) {
   const std::string cold = std::string(function) + ".cold";
   std::vector<std::pair<std::uint64_t, std::uint64_t>> parts;
-  auto add = [&](const ResolvedSymbol& r) {
-    parts.push_back({r.address, r.address + std::max<std::uint64_t>(r.size, 1)});
-  };
-  auto unique = resolver.Resolve(cold, "vmlinux", 0);
-  if (unique.ok()) {
-    add(*unique);
-  } else if (unique.status().code() == Code::kInvalidArgument) {
-    constexpr std::uint64_t kMaxSameName = 256;
-    for (std::uint64_t pos = 1; pos <= kMaxSameName; ++pos) {
-      auto r = resolver.Resolve(cold, "vmlinux", pos);
-      if (!r.ok()) break;
-      add(*r);
-    }
-  }
+  auto found = Occurrences(resolver, cold, "vmlinux");
+  if (!found.ok()) return parts;  // no .cold part (the common case)
+  for (const auto& [pos, r] : *found) parts.push_back({r.address, r.address + std::max<std::uint64_t>(r.size, 1)});
   return parts;
 }
 

@@ -172,20 +172,7 @@ Result<PatchPlan> Build(const PatchModule& module, const SymbolResolver& resolve
 Result<RunPreChoice> SelectByRunPre(const RunPreFunction& record, const SymbolResolver& resolver,
                                     const GuestCodeReader& reader) {
   // Every occurrence of the name: sympos 0 if unique, else 1, 2, ... (kallsyms order).
-  std::vector<std::pair<std::uint64_t, ResolvedSymbol>> candidates;
-  auto unique = resolver.Resolve(record.name, record.object, 0);
-  if (unique.ok()) {
-    candidates.push_back({0, *unique});
-  } else if (unique.status().code() == Code::kInvalidArgument) {
-    constexpr std::uint64_t kMaxSameName = 256;
-    for (std::uint64_t pos = 1; pos <= kMaxSameName; ++pos) {
-      auto r = resolver.Resolve(record.name, record.object, pos);
-      if (!r.ok()) break;
-      candidates.push_back({pos, *r});
-    }
-  } else {
-    return unique.status();
-  }
+  HV_ASSIGN_OR_RETURN(auto candidates, Occurrences(resolver, record.name, record.object));
   std::vector<RunPreChoice> matches;
   std::string mismatches;
   for (const auto& [pos, sym] : candidates) {

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "base/status.h"
 
@@ -37,5 +39,27 @@ class SymbolResolver {
   virtual Result<ResolvedSymbol> Resolve(std::string_view name, std::string_view object,
                                          std::uint64_t sympos) const = 0;
 };
+
+// Every occurrence of `name` in `object`, each with its sympos: {0, symbol} when the name is
+// unique there, else {1, first}, {2, second}, ... in kallsyms order, at most 256 of them.
+// Errors: the resolver's for the name (kNotFound when there is none), other than ambiguity.
+inline Result<std::vector<std::pair<std::uint64_t, ResolvedSymbol>>> Occurrences(const SymbolResolver& resolver,
+                                                                               std::string_view name,
+                                                                               std::string_view object) {
+  std::vector<std::pair<std::uint64_t, ResolvedSymbol>> found;
+  auto unique = resolver.Resolve(name, object, 0);
+  if (unique.ok()) {
+    found.push_back({0, *unique});
+    return found;
+  }
+  if (unique.status().code() != Code::kInvalidArgument) return unique.status();
+  constexpr std::uint64_t kMaxSameName = 256;
+  for (std::uint64_t pos = 1; pos <= kMaxSameName; ++pos) {
+    auto r = resolver.Resolve(name, object, pos);
+    if (!r.ok()) break;
+    found.push_back({pos, *r});
+  }
+  return found;
+}
 
 }  // namespace hv::patcher

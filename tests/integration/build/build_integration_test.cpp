@@ -91,10 +91,14 @@ class BuildTest : public ::testing::Test {
     return p.Wait(300);
   }
 
+  static std::string ReadFile(const fs::path& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  }
+
   // Copies a file into the guest through the command channel (base64, in chunks).
   static void CopyToGuest(TestVm& vm, const std::string& path, const std::string& guest_path) {
-    std::ifstream f(path, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const std::string bytes = ReadFile(path);
     const std::string b64 = testing::Base64Encode(bytes);
     ASSERT_TRUE(vm.Check("rm -f " + guest_path + ".b64").ok());
     for (std::size_t i = 0; i < b64.size(); i += 48000) {
@@ -154,11 +158,7 @@ TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
   ASSERT_EQ(builds_["24"].exit_code, 0);
   const fs::path cache = Env("HVPATCH_BUILD_CACHE");
   const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
-  auto read = [](const fs::path& p) {
-    std::ifstream f(p);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  };
-  const std::string pristine = read(source);
+  const std::string pristine = ReadFile(source);
   ASSERT_THAT(pristine, HasSubstr("for_each_online_cpu(cpu) {"));
   auto pending = [&] {
     for (const auto& e : fs::directory_iterator(cache)) {
@@ -177,7 +177,7 @@ TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // inside the build of the fixed file
     p.Kill9();
   }
-  ASSERT_THAT(read(source), HasSubstr("for_each_possible_cpu(cpu) {")) << "the kill came too late to test anything";
+  ASSERT_THAT(ReadFile(source), HasSubstr("for_each_possible_cpu(cpu) {")) << "the kill came too late to test anything";
   ASSERT_TRUE(pending());
   // The killed build's compilers may still be running: the cache lock (inherited by them) makes
   // the next build wait until they have finished.
@@ -185,7 +185,7 @@ TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
   const HvpatchRun again = Build(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff", (work_ / "again.ko").string());
   ASSERT_EQ(again.exit_code, 0) << Describe(again);
   EXPECT_THAT(again.out, HasSubstr("replaces blk_stat_timer_fn in "));
-  EXPECT_EQ(read(source), pristine);
+  EXPECT_EQ(ReadFile(source), pristine);
   EXPECT_FALSE(pending());
 }
 
@@ -194,18 +194,15 @@ TEST_F(BuildTest, AnInterruptedBuildLeavesNoFixInTheTree) {
 TEST_F(BuildTest, ADiffThatDoesNotFitChangesNothing) {
   const fs::path cache = Env("HVPATCH_BUILD_CACHE");
   const fs::path source = cache / "debian" / kRelease / "linux-source-6.1" / "block" / "blk-stat.c";
-  std::ifstream in(source);
-  const std::string pristine((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string pristine = ReadFile(source);
   const std::string diff = (work_ / "half.diff").string();
-  std::ifstream fix(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff");
-  std::string good((std::istreambuf_iterator<char>(fix)), std::istreambuf_iterator<char>());
+  const std::string good = ReadFile(Env("HVPATCH_FIXES") + "/24-blk-stat-possible-cpus.diff");
   // The real hunk, then one whose context is not in the file.
   std::ofstream(diff) << good << "@@ -20,3 +20,3 @@\n no such line here\n-neither this one\n+nor this\n";
   const HvpatchRun r = Build(diff, (work_ / "half.ko").string());
   EXPECT_EQ(r.exit_code, 1) << Describe(r);
   EXPECT_THAT(r.err, HasSubstr("the diff does not fit this kernel source"));
-  std::ifstream after(source);
-  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(after)), std::istreambuf_iterator<char>()), pristine);
+  EXPECT_EQ(ReadFile(source), pristine);
   EXPECT_FALSE(fs::exists(work_ / "half.ko"));
 }
 
