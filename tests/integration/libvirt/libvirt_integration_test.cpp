@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "status_matchers.h"
+#include "tests/harness/guest_output.h"
 #include "tests/integration/libvirt/libvirt_lab.h"
 #include "tests/integration/patch/hvpatch_process.h"
 
@@ -83,12 +84,7 @@ class LibvirtIntegrationTest : public ::testing::Test {
     return p.Wait(timeout_s);
   }
   static std::string Guest(const std::string& script) {
-    auto r = domain_->Guest(script);
-    if (!r.ok()) {
-      ADD_FAILURE() << "guest command failed: " << r.status().message();
-      return "<guest command failed>";
-    }
-    return *r;
+    return testing::OutputOrFailure(domain_->Guest(script));
   }
   static bool Patched() { return Guest("cat /proc/meminfo").find(kPatchedLine) != std::string::npos; }
 

@@ -1,3 +1,4 @@
+#include "tests/harness/guest_output.h"
 #include "tests/integration/lifecycle/lifecycle_support.h"
 
 #include "tests/harness/kernel_text.h"
@@ -97,12 +98,7 @@ std::string LifecycleFixture::Guest(const std::string& script, int timeout_s) {
     ADD_FAILURE() << "no guest";
     return "<no guest>";
   }
-  auto r = vm_->Check(script, timeout_s);
-  if (!r.ok()) {
-    ADD_FAILURE() << "guest command failed: " << r.status().message();
-    return "<guest command failed>";
-  }
-  return *r;
+  return testing::OutputOrFailure(vm_->Check(script, timeout_s));
 }
 
 std::uint64_t LifecycleFixture::KallsymsAddress(const std::string& name) {

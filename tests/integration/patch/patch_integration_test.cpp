@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "status_matchers.h"
+#include "tests/harness/guest_output.h"
 #include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
@@ -163,12 +164,7 @@ class PatchIntegrationTest : public ::testing::Test {
 
   // A guest shell command's output; a failure is recorded and yields a marker string.
   static std::string Guest(const std::string& script, int timeout_s = 60) {
-    auto r = guest_->Check(script, timeout_s);
-    if (!r.ok()) {
-      ADD_FAILURE() << "guest command failed: " << r.status().message();
-      return "<guest command failed>";
-    }
-    return *r;
+    return testing::OutputOrFailure(guest_->Check(script, timeout_s));
   }
 
   static std::uint64_t KallsymsAddress(const std::string& name) {

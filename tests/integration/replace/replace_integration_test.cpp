@@ -16,6 +16,7 @@
 #include "patcher/guest_kernel.h"
 #include "patcher/shadow_module.h"
 #include "status_matchers.h"
+#include "tests/harness/guest_output.h"
 #include "tests/harness/module_structures.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
@@ -97,12 +98,7 @@ class ReplaceIntegrationTest : public ::testing::Test {
   }
 
   static std::string Guest(const std::string& script, int timeout_s = 60) {
-    auto r = guest_->Check(script, timeout_s);
-    if (!r.ok()) {
-      ADD_FAILURE() << "guest command failed: " << r.status().message();
-      return "<guest command failed>";
-    }
-    return *r;
+    return testing::OutputOrFailure(guest_->Check(script, timeout_s));
   }
 
   static std::string Oopses() {

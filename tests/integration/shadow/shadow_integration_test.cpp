@@ -19,6 +19,7 @@
 #include "patcher/shadow_module.h"
 #include "patcher/static_keys.h"
 #include "status_matchers.h"
+#include "tests/harness/guest_output.h"
 #include "tests/harness/base64.h"
 #include "tests/harness/run_program.h"
 #include "tests/harness/module_structures.h"
@@ -101,12 +102,7 @@ class ShadowIntegrationTest : public ::testing::Test {
   }
 
   static std::string Guest(const std::string& script, int timeout_s = 60) {
-    auto r = guest_->Check(script, timeout_s);
-    if (!r.ok()) {
-      ADD_FAILURE() << "guest command failed: " << r.status().message();
-      return "<guest command failed>";
-    }
-    return *r;
+    return testing::OutputOrFailure(guest_->Check(script, timeout_s));
   }
 
   // The guest's module structures, read from the host in a pause of our own.
