@@ -85,6 +85,7 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
     report.tries = attempt;
     std::vector<PausePhase> phases;
     stacks_.Prepare();  // outside the pause
+    HV_RETURN_IF_ERROR(vm_.PrepareToPause());
     const auto t0 = Clock::now();
     auto mark = t0;
     // Closes the phase that started at `mark`.
@@ -176,6 +177,7 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
       if (!written.ok()) return written;
       HV_RETURN_IF_ERROR(resumed.WithContext("resuming the VM"));
       Step("resumed");
+      HV_RETURN_IF_ERROR(vm_.AfterResume().WithContext("after resuming the VM"));
       return report;
     }
     last_hits = checked->hits;

@@ -43,6 +43,8 @@ class LibvirtVm final : public Vm {
 
   Status Pause() override { return qemu_->Pause(); }
   Status Resume() override { return qemu_->Resume(); }
+  Status PrepareToPause() override { return qemu_->PrepareToPause(); }
+  Status AfterResume() override { return qemu_->AfterResume(); }
   Status ForceResume() override { return qemu_->ForceResume(); }
   Result<bool> Running() override { return qemu_->Running(); }
   Result<std::vector<VcpuState>> VcpuStates() override { return qemu_->VcpuStates(); }

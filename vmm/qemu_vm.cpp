@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+#include <utility>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -465,6 +466,12 @@ void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
 
 Status QemuVm::Pause() {
   if (pause_depth_ == 0) {
+    no_migration_before_pause_ = std::exchange(prepared_no_migration_, false);
+    if (!no_migration_before_pause_) {
+      // Checked in this pause's Resume(), with its own writes.
+      direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
+      unchecked_writes_.clear();
+    }
     bool running = false;
     if (gdb_) {
       // One gdbstub round trip both stops a running VM and tells whether it ran (see
@@ -493,16 +500,64 @@ Status QemuVm::Resume() {
   if (--pause_depth_ > 0) return Status::Ok();
   ForgetPauseState();
   // A failure to mark is reported, but never keeps the guest stopped.
-  Status marked = MarkDirectWritesForMigration();
+  Status marked;
+  if (no_migration_before_pause_) {
+    // Checked before this pause: whatever started since is caught by AfterResume().
+    unchecked_writes_.insert(unchecked_writes_.end(), direct_writes_.begin(), direct_writes_.end());
+    direct_writes_.clear();
+    no_migration_before_pause_ = false;
+  } else {
+    marked = MarkDirectWritesForMigration();
+  }
   if (!resume_on_outer_) return marked;
   resume_on_outer_ = false;
   Status cont = qmp_->Execute("cont").status();
   return marked.ok() ? cont : marked;
 }
 
+Result<std::pair<bool, std::string>> QemuVm::MigrationUnderWay() {
+  HV_ASSIGN_OR_RETURN(json m, qmp_->Execute("query-migrate"));
+  std::string status = JsonString(m, "status");
+  const bool under_way = !(status.empty() || status == "none" || status == "completed" || status == "failed" ||
+                           status == "cancelled");
+  return std::make_pair(under_way, std::move(status));
+}
+
+Status QemuVm::PrepareToPause() {
+  if (pause_depth_ > 0) return Status::Ok();  // only the outermost pause is bracketed
+  // Writes of an earlier pause still waiting for their check: this query serves them too.
+  HV_ASSIGN_OR_RETURN(auto migration, MigrationUnderWay());
+  prepared_no_migration_ = !migration.first;  // taken by the next outermost Pause()
+  if (migration.first) {
+    // Marked in the coming pause, with its own writes (MarkDirectWritesForMigration).
+    direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
+  }
+  unchecked_writes_.clear();
+  return Status::Ok();
+}
+
+Status QemuVm::AfterResume() {
+  if (pause_depth_ > 0 || unchecked_writes_.empty()) return Status::Ok();
+  // No migration was under way before the pause. One that started since began with every page
+  // dirty (ram_save_setup) but may have sent a page before our write reached it; it cannot
+  // have finished: that takes a full pass over guest RAM, and this query follows the resume
+  // within one QMP round trip. So "under way" now is the only case left to handle.
+  HV_ASSIGN_OR_RETURN(auto migration, MigrationUnderWay());
+  if (!migration.first) {
+    unchecked_writes_.clear();
+    return Status::Ok();
+  }
+  HV_RETURN_IF_ERROR(Pause().WithContext("pausing to mark hvpatch's writes for the migration ('" +
+                                         migration.second + "')"));
+  direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
+  unchecked_writes_.clear();
+  return Resume();  // no_migration_before_pause_ is false: Resume() marks them
+}
+
 Status QemuVm::ForceResume() {
   pause_depth_ = 0;
   resume_on_outer_ = false;
+  no_migration_before_pause_ = false;
   ForgetPauseState();
   Status marked = MarkDirectWritesForMigration();
   Status cont = qmp_->Execute("cont").status();
@@ -643,12 +698,9 @@ Status QemuVm::MarkDirectWritesForMigration() {
   // guest's own writes. A write from our process is seen by neither. A migration that starts
   // after this check begins with every page dirty (ram_save_setup), so only one already under
   // way needs the pages marked, and the same bytes written through the gdbstub do that.
-  HV_ASSIGN_OR_RETURN(json m, qmp_->Execute("query-migrate"));
-  const std::string status = JsonString(m, "status");
-  if (status.empty() || status == "none" || status == "completed" || status == "failed" ||
-      status == "cancelled") {
-    return Status::Ok();
-  }
+  HV_ASSIGN_OR_RETURN(auto migration, MigrationUnderWay());
+  if (!migration.first) return Status::Ok();
+  const std::string& status = migration.second;
   std::vector<std::uint8_t> bytes;
   for (const auto& [gpa, n] : writes) {
     bytes.resize(n);

@@ -71,6 +71,13 @@ class QemuVm final : public Vm {
   Status Resume() override;
   // QMP `cont`, whoever paused the VM; forgets any nesting of our own Pause() calls.
   Status ForceResume() override;
+  // The migration check for hvpatch's own writes into guest RAM (see
+  // MarkDirectWritesForMigration), moved out of the pause: `query-migrate` before it, and, when
+  // no migration was under way then, again after the resume. A migration that started in
+  // between gets those writes marked in a second, short pause. Without PrepareToPause(),
+  // Resume() asks inside the pause as before.
+  Status PrepareToPause() override;
+  Status AfterResume() override;
   // QMP query-status "running".
   Result<bool> Running() override;
   // Through QOM and query-chardev (vmm/qemu_agent_port.h).
@@ -164,6 +171,8 @@ class QemuVm final : public Vm {
   // Before the vCPUs run: if a migration is in progress, rewrite this pause's direct code
   // writes through the gdbstub so QEMU marks them dirty and sends them (see WriteCode).
   Status MarkDirectWritesForMigration();
+  // Whether `query-migrate` shows a migration under way, and its status.
+  Result<std::pair<bool, std::string>> MigrationUnderWay();
 
   std::unique_ptr<qmp::QmpChannel> qmp_;
   // Replies of Setup's first batch, by command and arguments; empty outside Setup.
@@ -201,6 +210,12 @@ class QemuVm final : public Vm {
   bool kvm_ = false;
   bool direct_code_writes_ = false;
   std::vector<std::pair<std::uint64_t, std::size_t>> direct_writes_;  // gpa, length; this pause
+  // PrepareToPause() found no migration under way, for the next outermost Pause() ...
+  bool prepared_no_migration_ = false;
+  // ... which moves it here, for its Resume().
+  bool no_migration_before_pause_ = false;
+  // Writes of the last pause whose migration check waits for AfterResume().
+  std::vector<std::pair<std::uint64_t, std::size_t>> unchecked_writes_;
   int pause_depth_ = 0;
   bool resume_on_outer_ = false;
   // Valid only while pause_depth_ > 0 (see ReadPhys and VcpuStates).

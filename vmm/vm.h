@@ -43,6 +43,14 @@ class Vm : public GuestPhysMemory {
   virtual Status Pause() = 0;
   virtual Status Resume() = 0;
 
+  // Optional bracket around a short pause, for work that need not stop the guest. Called just
+  // before the outermost Pause(), PrepareToPause() does the checks a backend would otherwise
+  // make inside the pause; called just after the outermost Resume(), AfterResume() finishes
+  // what the resume left to do with the guest running. A caller that skips them loses nothing
+  // but time: without PrepareToPause(), Resume() does that work itself, in the pause.
+  virtual Status PrepareToPause() { return Status::Ok(); }
+  virtual Status AfterResume() { return Status::Ok(); }
+
   // Starts the vCPUs whoever paused them, ending any nesting. Only for crash recovery: a dead
   // hvpatch left the VM paused (its ledger says so). Backends that cannot tell return
   // kUnimplemented.

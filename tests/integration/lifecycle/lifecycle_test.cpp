@@ -29,6 +29,7 @@
 #include "tests/harness/test_vm.h"
 #include "tests/integration/lifecycle/lifecycle_support.h"
 #include "tests/integration/patch/hvpatch_process.h"
+#include "vmm/qemu_vm.h"
 
 namespace hv {
 namespace {
@@ -289,6 +290,67 @@ TEST_F(LifecycleTest, AppliedDuringALiveMigrationArrivesAtTheDestination) {
   HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+// The same, for a migration that starts inside hvpatch's pause. QemuVm asks `query-migrate`
+// before the pause (PrepareToPause) rather than inside it, so a migration that began after that
+// question is caught by the one after the resume (AfterResume), which marks the pause's writes
+// in a second, short pause. Here the migration starts in the pause and, slowed down, has sent
+// the first megabyte of guest RAM when the write lands there: the written page reaches the
+// destination only through that second pause.
+TEST_F(LifecycleTest, WritesOfAPauseInWhichAMigrationStartedArriveAtTheDestination) {
+  TestVmOptions boot;
+  boot.agent = false;
+  ASSERT_NO_FATAL_FAILURE(Boot(boot));
+  // Low memory no kernel uses after boot (x86 Linux reserves the first 64 KiB).
+  constexpr std::uint64_t kGpa = 0x600;
+  std::vector<std::uint8_t> marker(16);
+  const std::string stream = vm_->dir() + "/live.migration";
+  {
+    auto vm = vmm::QemuVm::Connect(vm_dir_ + "/qmp.sock");
+    ASSERT_THAT(vm, IsOk());
+    ASSERT_THAT((*vm)->PrepareToPause(), IsOk());
+    ASSERT_THAT((*vm)->Pause(), IsOk());
+    ASSERT_THAT((*vm)->ReadPhys(kGpa, marker), IsOk());
+    for (std::uint8_t& b : marker) b = static_cast<std::uint8_t>(~b ^ 0x5a);
+    auto& qmp = (*vm)->qmp();
+    // Slow enough that the first pass is still going after the write; it starts at gpa 0.
+    ASSERT_THAT(qmp.Execute("migrate-set-parameters", {{"max-bandwidth", 2 << 20}}), IsOk());
+    ASSERT_THAT(qmp.Execute("migrate", {{"uri", "exec:cat > '" + stream + "'"}}), IsOk());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    for (std::uint64_t sent = 0; sent < (1u << 20);) {
+      auto st = qmp.Execute("query-migrate");
+      ASSERT_THAT(st, IsOk());
+      ASSERT_EQ((*st).value("status", ""), st->contains("ram") ? "active" : (*st).value("status", "")) << st->dump();
+      if (st->contains("ram")) sent = (*st)["ram"].value("transferred", std::uint64_t{0});
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << st->dump();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_THAT((*vm)->WritePhys(kGpa, marker), IsOk());
+    ASSERT_THAT((*vm)->Resume(), IsOk());
+    ASSERT_THAT((*vm)->AfterResume(), IsOk());
+    ASSERT_THAT(qmp.Execute("migrate-set-parameters", {{"max-bandwidth", 1ull << 40}}), IsOk());
+    for (std::string status; status != "completed";) {
+      auto st = qmp.Execute("query-migrate");
+      ASSERT_THAT(st, IsOk());
+      status = (*st).value("status", "");
+      ASSERT_NE(status, "failed") << st->dump();
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << st->dump();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ASSERT_THAT(vm_->Stop(), IsOk());
+  vm_.reset();
+  TestVmOptions o = boot;
+  o.incoming = "exec:cat '" + stream + "'";
+  ASSERT_NO_FATAL_FAILURE(Restart(o));
+  auto dest = vmm::QemuVm::Connect(vm_dir_ + "/qmp.sock");
+  ASSERT_THAT(dest, IsOk());
+  ASSERT_THAT((*dest)->Pause(), IsOk());
+  std::vector<std::uint8_t> arrived(marker.size());
+  ASSERT_THAT((*dest)->ReadPhys(kGpa, arrived), IsOk());
+  ASSERT_THAT((*dest)->Resume(), IsOk());
+  EXPECT_EQ(arrived, marker) << "the destination lost a write made after the migration sent its page";
 }
 
 }  // namespace
