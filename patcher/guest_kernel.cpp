@@ -229,17 +229,18 @@ Result<ResolvedSymbol> GuestKernel::Resolve(std::string_view name, std::string_v
   return NotFound("symbol '" + std::string(name) + "' not found in vmlinux or any loaded module");
 }
 
-Result<TaskSnapshot> GuestKernel::WalkTasks(const vmm::GuestPhysMemory& mem) const {
+Result<TaskSnapshot> GuestKernel::WalkTasks(const vmm::GuestPhysMemory& mem, const TaskSnapshot* hint) const {
   const KernelMemory kmem(mem, paging_);
-  Result<TaskSnapshot> snap = walker_->Walk(kmem);
+  Result<TaskSnapshot> snap = walker_->Walk(kmem, hint);
   if (!snap.ok()) return snap.status().WithContext("walking tasks");
   return snap;
 }
 
 Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysMemory& mem,
-                                                           std::span<const vmm::VcpuState> vcpus) const {
+                                                           std::span<const vmm::VcpuState> vcpus,
+                                                           const TaskSnapshot* hint, TaskSnapshot* walked) const {
   const KernelMemory kmem(mem, paging_);
-  HV_ASSIGN_OR_RETURN(TaskSnapshot snap, WalkTasks(mem));
+  HV_ASSIGN_OR_RETURN(TaskSnapshot snap, WalkTasks(mem, hint));
   std::vector<StackRegion> out;
   std::vector<std::uint64_t> running;  // task_structs handled through a vCPU
 
@@ -328,6 +329,7 @@ Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysM
     reg.kind = t.idle ? "idle task stack" : "task stack";
     out.push_back(std::move(reg));
   }
+  if (walked != nullptr) *walked = std::move(snap);
   return out;
 }
 
@@ -349,9 +351,12 @@ GuestKernelSummary GuestKernel::Summary() const {
 }
 
 void GuestKernelStacks::Prepare() {
+  hint_.reset();
   if (!mem_.ReadsFromMapping()) return;
-  Result<std::vector<StackRegion>> regions = kernel_.StackRegions(mem_, {});
+  TaskSnapshot walked;
+  Result<std::vector<StackRegion>> regions = kernel_.StackRegions(mem_, {}, nullptr, &walked);
   if (!regions.ok()) return;
+  hint_ = std::move(walked);
   // The stack check itself with nothing to look for: it touches exactly what the pause will.
   // (It stops at a stack it cannot read, which a running guest may show mid-update; the
   // warm-up is then partial, never wrong.)

@@ -105,7 +105,8 @@ class GuestKernel : public SymbolResolver {
                                  std::uint64_t sympos) const override;
 
   // Walks the tasks again (call inside a pause). Errors: see TaskWalker::Walk.
-  Result<TaskSnapshot> WalkTasks(const vmm::GuestPhysMemory& mem) const;
+  // `hint`: see TaskWalker::Walk.
+  Result<TaskSnapshot> WalkTasks(const vmm::GuestPhysMemory& mem, const TaskSnapshot* hint = nullptr) const;
 
   // The stacks the commit's safety check scans, inside a pause:
   //  - each vCPU in kernel mode: the stack holding its RSP, from RSP up; from an IRQ stack the
@@ -117,8 +118,11 @@ class GuestKernel : public SymbolResolver {
   //  - every other thread and idle task: from its saved SP (thread.sp) to the top of its stack,
   //    or the whole stack if the saved SP is outside it or the task is marked on_cpu (being
   //    switched: frames below the saved SP may be live).
+  // `hint` as for WalkTasks; `walked`, when given, receives the walk's snapshot.
   Result<std::vector<StackRegion>> StackRegions(const vmm::GuestPhysMemory& mem,
-                                                std::span<const vmm::VcpuState> vcpus) const;
+                                                std::span<const vmm::VcpuState> vcpus,
+                                                const TaskSnapshot* hint = nullptr,
+                                                TaskSnapshot* walked = nullptr) const;
 
   GuestKernelSummary Summary() const;
   const GuestKernelTimings& timings() const { return timings_; }
@@ -146,17 +150,19 @@ class GuestKernelStacks : public StackSource {
   GuestKernelStacks(const GuestKernel& kernel, const vmm::GuestPhysMemory& mem)
       : kernel_(kernel), mem_(mem) {}
   Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) override {
-    return kernel_.StackRegions(mem_, vcpus);
+    return kernel_.StackRegions(mem_, vcpus, hint_ ? &*hint_ : nullptr);
   }
   // When guest RAM is read from a mapping (vmm::GuestPhysMemory::ReadsFromMapping), walks the
   // tasks and reads their stacks once with the guest running, so the pages the pause will read
   // are already mapped in this process. Errors are ignored: a running guest's lists may be
-  // mid-update, and the walk inside the pause is the one that counts.
+  // mid-update, and the walk inside the pause is the one that counts. What it found is the
+  // hint of the walk inside the pause (TaskWalker::Walk).
   void Prepare() override;
 
  private:
   const GuestKernel& kernel_;
   const vmm::GuestPhysMemory& mem_;
+  std::optional<TaskSnapshot> hint_;
 };
 
 }  // namespace hv::patcher

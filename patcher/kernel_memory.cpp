@@ -76,6 +76,13 @@ void KernelMemory::Prefetch(std::uint64_t va, std::size_t size) const {
   if (r.ok()) mem_.Prefetch(r->gpa, static_cast<std::size_t>(std::min<std::uint64_t>(size, r->bytes)));
 }
 
+void KernelMemory::PrefetchTranslation(std::uint64_t va) const {
+  const std::uint64_t tag = va >> 21;
+  const Region& r = regions_[tag % kRegions];
+  if (r.tag != tag || r.leaf) return;
+  if (const std::uint8_t* p = HostOf(r.base + ((va >> 12) & 511) * 8, 8)) __builtin_prefetch(p);
+}
+
 Result<std::uint64_t> KernelMemory::ReadU64(std::uint64_t va) const {
   if (const std::uint8_t* p = Direct(va, 8)) {
     std::uint64_t v;

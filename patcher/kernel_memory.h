@@ -45,6 +45,11 @@ class KernelMemory {
   // GuestPhysMemory::Prefetch of the bytes at `va` (a hint; translation errors are ignored).
   void Prefetch(std::uint64_t va, std::size_t size) const;
 
+  // Where `va`'s 2 MiB region is already known to be mapped by 4 KiB pages (a vmalloc'ed
+  // stack whose region an earlier read translated), requests the line holding its PTE, so a
+  // later Direct/Read of `va` does not wait for it. A hint: nothing else is done.
+  void PrefetchTranslation(std::uint64_t va) const;
+
   Result<std::uint64_t> ReadU64(std::uint64_t va) const;
   Result<std::uint32_t> ReadU32(std::uint64_t va) const;
   Result<std::int32_t> ReadS32(std::uint64_t va) const;

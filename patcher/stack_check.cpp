@@ -52,20 +52,30 @@ Result<StackCheckReport> CheckStacks(const vmm::GuestPhysMemory& mem, const vmm:
   std::vector<std::uint8_t> buf;
   std::vector<int> threads;  // tids, counted once at the end
   threads.reserve(regions.size());
-  // Where guest RAM is mapped here, the first lines of the stack kAhead regions on are
-  // requested while this one is scanned, so the cache (and TLB) misses of thousands of small
-  // scattered stacks overlap instead of coming one after another; the hardware prefetcher
-  // follows each stack upwards from there. A hint: nothing read through it is trusted.
-  constexpr std::size_t kAhead = 8, kLines = 4;
+  // Where guest RAM is mapped here, the stacks ahead are requested while this one is scanned,
+  // so the cache (and TLB) misses of thousands of small scattered stacks overlap instead of
+  // coming one after another. Two stages: the line with the PTE of the stack 2 * kAhead regions
+  // on (vmalloc'ed stacks: KernelMemory reads one PTE per page), then the first kPrefetchBytes
+  // of the stack kAhead regions on (a sleeping task's stack, from its saved SP up, is ~1 KiB).
+  // A hint: nothing read through it is trusted.
+  constexpr std::size_t kAhead = 8;
+  constexpr std::uint64_t kPrefetchBytes = 2048;
   const bool hint = kmem.direct() && mem.ReadsFromMapping();
-  for (std::size_t i = 0; i < regions.size(); ++i) {
-    if (hint && i + kAhead < regions.size()) {
-      const std::uint64_t next = regions[i + kAhead].begin & ~std::uint64_t{63};
-      if (const std::uint8_t* p = kmem.Direct(next, 64)) {
-        for (std::size_t l = 0; l < kLines && ((next + 64 * l) & 4095) >= (next & 4095); ++l) {
-          __builtin_prefetch(p + 64 * l);
-        }
+  auto prefetch_stack = [&](const StackRegion& next) {
+    std::uint64_t at = next.begin & ~std::uint64_t{63};
+    const std::uint64_t end = std::min(next.end, at + kPrefetchBytes);
+    while (at < end) {
+      const std::uint64_t page_end = std::min(end, (at | 4095) + 1);
+      if (const std::uint8_t* p = kmem.Direct(at, static_cast<std::size_t>(page_end - at))) {
+        for (std::uint64_t off = 0; off < page_end - at; off += 64) __builtin_prefetch(p + off);
       }
+      at = page_end;
+    }
+  };
+  for (std::size_t i = 0; i < regions.size(); ++i) {
+    if (hint) {
+      if (i + 2 * kAhead < regions.size()) kmem.PrefetchTranslation(regions[i + 2 * kAhead].begin);
+      if (i + kAhead < regions.size()) prefetch_stack(regions[i + kAhead]);
     }
     const StackRegion& region = regions[i];
     if (region.begin == 0) continue;

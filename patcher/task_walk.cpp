@@ -141,6 +141,10 @@ void TaskWalker::PrefetchTask(const KernelMemory& mem, std::uint64_t task) const
   }
 }
 
+void TaskWalker::PrefetchListNode(const KernelMemory& mem, std::uint64_t task) const {
+  if (const std::uint8_t* p = mem.Direct(task + layout_.tasks, 8)) __builtin_prefetch(p);
+}
+
 Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t task) const {
   const TaskLayout& l = layout_;
   GuestTask t;
@@ -161,6 +165,7 @@ Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t ta
     t.stack_base = load(l.stack, std::uint64_t{});
     t.stack_size = l.thread_size;
     t.saved_sp = load(l.thread_sp, std::uint64_t{});
+    t.signal = load(l.signal, std::uint64_t{});
     return t;
   }
   auto ctx = [&](const Status& s) { return s.WithContext("reading task_struct at " + Hex(task)); };
@@ -189,7 +194,7 @@ Result<GuestTask> TaskWalker::ReadTask(const KernelMemory& mem, std::uint64_t ta
   return t;
 }
 
-Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
+Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem, const TaskSnapshot* hint) const {
   const TaskLayout& l = layout_;
   TaskSnapshot snap;
   AddressSet seen;  // task_struct addresses, across all lists
@@ -241,19 +246,48 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
   // and is added with the idle tasks below.
   std::vector<std::uint64_t> leaders;
   const bool prefetch = mem.phys().ReadsFromMapping() && mem.direct();  // hints only help a mapping
+  // The hint's processes and all its tasks, in the order this walk meets them when nothing
+  // changed (the idle tasks, met last, are left out). Step k of the process list then requests
+  // the list node of the process expected at step k + kPrefetchAhead, and the k-th task added
+  // requests the lines of the task expected kPrefetchAhead tasks on; when the lists changed in
+  // between, those requests miss a few tasks, which are then read as without a hint.
+  std::vector<std::uint64_t> expected_leaders;
+  std::vector<const GuestTask*> expected_tasks;
+  if (prefetch && hint != nullptr) {
+    expected_leaders.reserve(hint->tasks.size());
+    expected_tasks.reserve(hint->tasks.size());
+    for (const GuestTask& t : hint->tasks) {
+      if (t.idle) continue;
+      expected_tasks.push_back(&t);
+      if (t.tid == t.pid) expected_leaders.push_back(t.task);
+    }
+  }
   HV_RETURN_IF_ERROR(walk_list(anchors_.init_task + l.tasks, [] { return std::string("the process list"); },
                                [&](std::uint64_t node) -> Status {
+                                 const std::size_t ahead = leaders.size() + kPrefetchAhead;
                                  leaders.push_back(node - l.tasks);
-                                 // Its other lines load while the chain goes on.
-                                 if (prefetch) PrefetchTask(mem, node - l.tasks);
+                                 if (ahead < expected_leaders.size()) PrefetchListNode(mem, expected_leaders[ahead]);
+                                 // Without a hint: its other lines load while the chain goes on.
+                                 if (prefetch && expected_tasks.empty()) PrefetchTask(mem, node - l.tasks);
                                  return Status::Ok();
                                }));
   // Each thread list starts in the leader's signal_struct: load a few leaders ahead (the
   // signal pointer itself was prefetched above), so those misses overlap.
   constexpr std::size_t kAhead = 8;
+  auto prefetch_expected = [&] {
+    const std::size_t ahead = snap.tasks.size() + kPrefetchAhead;
+    if (ahead >= expected_tasks.size()) return;
+    const GuestTask& t = *expected_tasks[ahead];
+    PrefetchTask(mem, t.task);
+    if (t.signal && !l.thread_group) {
+      if (const std::uint8_t* p = mem.Direct(t.signal + l.signal_thread_head, 8)) __builtin_prefetch(p);
+    }
+  };
   for (std::size_t i = 0; i < leaders.size(); ++i) {
     const std::uint64_t leader = leaders[i];
-    if (prefetch && !l.thread_group && i + kAhead < leaders.size()) {
+    if (!expected_tasks.empty()) {
+      prefetch_expected();
+    } else if (prefetch && !l.thread_group && i + kAhead < leaders.size()) {
       if (Result<std::uint64_t> sig = mem.ReadU64(leaders[i + kAhead] + l.signal); sig.ok() && *sig) {
         if (const std::uint8_t* p = mem.Direct(*sig + l.signal_thread_head, 8)) __builtin_prefetch(p);
       }
@@ -262,6 +296,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
     const auto what = [leader] { return "the thread list of task " + Hex(leader); };
     if (l.thread_group) {
       HV_RETURN_IF_ERROR(walk_list(leader + *l.thread_group, what, [&](std::uint64_t node) {
+        if (!expected_tasks.empty()) prefetch_expected();
         return add_task(node - *l.thread_group);
       }));
       continue;
@@ -270,6 +305,7 @@ Result<TaskSnapshot> TaskWalker::Walk(const KernelMemory& mem) const {
     if (!signal.ok()) return signal.status().WithContext("reading signal of task " + Hex(leader));
     if (*signal == 0) continue;  // a task being reaped has no signal_struct any more
     HV_RETURN_IF_ERROR(walk_list(*signal + l.signal_thread_head, what, [&](std::uint64_t node) {
+      if (!expected_tasks.empty()) prefetch_expected();
       return add_task(node - l.thread_node);
     }));
   }

@@ -88,6 +88,7 @@ struct GuestTask {
   int idle_cpu = -1;        // for idle tasks: whose
   std::uint64_t stack_base = 0, stack_size = 0;
   std::uint64_t saved_sp = 0;  // thread.sp
+  std::uint64_t signal = 0;    // signal_struct; only read where guest RAM is mapped (else 0)
 };
 
 struct StackRange {
@@ -119,7 +120,14 @@ class TaskWalker {
   // Walks all tasks and CPUs. Errors (kInvalidArgument unless a read fails): a cycle in a list
   // ("cycle in the thread list of pid N at ADDR"), more than kMaxTasks tasks, nr_cpu_ids of 0 or
   // over kMaxCpus, and read errors with the object being read as context.
-  Result<TaskSnapshot> Walk(const KernelMemory& mem) const;
+  //
+  // `hint`: an earlier walk of the same kernel (e.g. with the guest running, just before the
+  // pause). Where guest RAM is mapped, the walk then requests the lines of the tasks it expects
+  // kPrefetchAhead steps on while it follows the lists, so the cache and TLB misses of thousands
+  // of scattered task_structs overlap instead of coming one per list step. Only a prefetch
+  // address: everything is read and checked as without it, and a stale hint costs time only.
+  Result<TaskSnapshot> Walk(const KernelMemory& mem, const TaskSnapshot* hint = nullptr) const;
+  static constexpr std::size_t kPrefetchAhead = 16;
 
   // Which Linux CPU a vCPU is: the one whose per-cpu base equals its GS base (kernel mode) or
   // its KERNEL_GS_BASE (user mode, before swapgs); else the vCPU index. -1 if out of range.
@@ -131,6 +139,8 @@ class TaskWalker {
   Result<GuestTask> ReadTask(const KernelMemory& mem, std::uint64_t task) const;
   // Prefetches the task_struct lines ReadTask and the list walk will read (a hint).
   void PrefetchTask(const KernelMemory& mem, std::uint64_t task) const;
+  // Prefetches the line of `task`'s process-list node (a hint).
+  void PrefetchListNode(const KernelMemory& mem, std::uint64_t task) const;
 
   TaskLayout layout_;
   TaskAnchors anchors_;

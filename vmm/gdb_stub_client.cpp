@@ -205,24 +205,78 @@ Result<std::vector<std::string>> GdbStubClient::CommandBatch(std::span<const std
 }
 
 Result<bool> GdbStubClient::StopIfRunning() {
+  std::vector<std::vector<std::uint8_t>> none;
+  return StopIfRunning({}, none);
+}
+
+namespace {
+
+std::vector<std::string> RegisterReads(std::span<const std::string> threads) {
+  std::vector<std::string> batch;
+  for (const std::string& t : threads) {
+    batch.push_back("Hg" + t);
+    batch.push_back("g");
+  }
+  return batch;
+}
+
+// The replies to RegisterReads(threads), decoded.
+Status DecodeRegisterReplies(std::span<const std::string> threads, std::span<const std::string> batch,
+                             std::span<const std::string> replies, std::vector<std::vector<std::uint8_t>>& out) {
+  for (std::size_t k = 0; k < threads.size(); ++k) {
+    const std::string& hg = batch[2 * k];
+    HV_RETURN_IF_ERROR(CheckRspReply(hg, replies[2 * k]));
+    if (replies[2 * k] != "OK") {
+      return InvalidArgument("gdbstub answered '" + replies[2 * k].substr(0, 16) + "' to '" + hg + "'");
+    }
+    HV_RETURN_IF_ERROR(CheckRspReply("g", replies[2 * k + 1]));
+    Result<std::vector<std::uint8_t>> bytes = DecodeHexBytes(replies[2 * k + 1]);
+    if (!bytes.ok()) return bytes.status().WithContext("gdbstub 'g' reply for thread " + threads[k]);
+    out.push_back(std::move(*bytes));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<bool> GdbStubClient::StopIfRunning(std::span<const std::string> threads,
+                                          std::vector<std::vector<std::uint8_t>>& registers) {
+  if (2 * threads.size() + 1 > kMaxBatch) {
+    return InvalidArgument("registers of " + std::to_string(threads.size()) + " threads do not fit in one batch");
+  }
   HV_RETURN_IF_ERROR(DrainStopReplies().status());
+  const std::vector<std::string> reads = RegisterReads(threads);
   last_sent_ = EncodeRspPacket("qC");
-  HV_RETURN_IF_ERROR(SendRaw("+\x03" + last_sent_));
+  std::string wire = "+\x03" + last_sent_;
+  for (const std::string& p : reads) wire += EncodeRspPacket(p);
+  if (!reads.empty()) last_sent_.clear();  // a batch: nothing to retransmit (see CommandBatch)
+  HV_RETURN_IF_ERROR(SendRaw(wire));
   ack_pending_ = false;
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   bool stopped = false;
-  for (;;) {
+  bool answered_qc = false;
+  std::vector<std::string> replies;
+  while (replies.size() < reads.size() || !answered_qc) {
     Result<std::string> p = NextPacket(RemainingMs(deadline));
     if (!p.ok()) return p.status().WithContext("gdbstub interrupt");
     if (IsStopReply(*p)) {
-      stopped = true;
+      stopped = stopped || !answered_qc;  // only a stop before the qC answer is ours
       ++unsolicited_stops_;
       continue;
     }
-    HV_RETURN_IF_ERROR(CheckRspReply("qC", *p));
-    if (p->rfind("QC", 0) != 0) return InvalidArgument("gdbstub answered '" + p->substr(0, 16) + "' to 'qC'");
-    return stopped;
+    if (!answered_qc) {
+      HV_RETURN_IF_ERROR(CheckRspReply("qC", *p));
+      if (p->rfind("QC", 0) != 0) return InvalidArgument("gdbstub answered '" + p->substr(0, 16) + "' to 'qC'");
+      answered_qc = true;
+      continue;
+    }
+    replies.push_back(std::move(*p));
   }
+  // A bad register reply is not this call's error: it must still say whether it stopped the
+  // VM, so that the VM is resumed. The caller reads the registers again and reports it.
+  registers.clear();
+  if (!DecodeRegisterReplies(threads, reads, replies, registers).ok()) registers.clear();
+  return stopped;
 }
 
 Status GdbStubClient::SetPhysicalMode(bool physical) {
@@ -279,23 +333,10 @@ Result<std::vector<std::vector<std::uint8_t>>> GdbStubClient::ReadRegistersOf(
   std::vector<std::vector<std::uint8_t>> out;
   for (std::size_t first = 0; first < threads.size(); first += kMaxBatch / 2) {
     const std::size_t n = std::min(kMaxBatch / 2, threads.size() - first);
-    std::vector<std::string> batch;
-    for (std::size_t i = first; i < first + n; ++i) {
-      batch.push_back("Hg" + threads[i]);
-      batch.push_back("g");
-    }
+    const std::span<const std::string> some = threads.subspan(first, n);
+    const std::vector<std::string> batch = RegisterReads(some);
     HV_ASSIGN_OR_RETURN(std::vector<std::string> replies, CommandBatch(batch));
-    for (std::size_t k = 0; k < n; ++k) {
-      const std::string& hg = batch[2 * k];
-      HV_RETURN_IF_ERROR(CheckRspReply(hg, replies[2 * k]));
-      if (replies[2 * k] != "OK") {
-        return InvalidArgument("gdbstub answered '" + replies[2 * k].substr(0, 16) + "' to '" + hg + "'");
-      }
-      HV_RETURN_IF_ERROR(CheckRspReply("g", replies[2 * k + 1]));
-      Result<std::vector<std::uint8_t>> bytes = DecodeHexBytes(replies[2 * k + 1]);
-      if (!bytes.ok()) return bytes.status().WithContext("gdbstub 'g' reply for thread " + threads[first + k]);
-      out.push_back(std::move(*bytes));
-    }
+    HV_RETURN_IF_ERROR(DecodeRegisterReplies(some, batch, replies, out));
   }
   return out;
 }

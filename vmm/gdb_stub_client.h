@@ -60,6 +60,12 @@ class GdbStubClient {
   // means this call stopped the VM. Errors as Command(); kInvalidArgument when the answer to qC
   // is not a thread id.
   Result<bool> StopIfRunning();
+  // The same, with the registers of `threads` (as ReadRegistersOf) read in the same round
+  // trip: their Hg/g packets follow qC on the wire, and QEMU handles them after the stop, in
+  // order. At most kMaxBatch / 2 - 1 threads (kInvalidArgument beyond). `registers` receives
+  // one decoded `g` reply per thread, or nothing when a reply is not one (the result still
+  // says whether this call stopped the VM).
+  Result<bool> StopIfRunning(std::span<const std::string> threads, std::vector<std::vector<std::uint8_t>>& registers);
 
   // Qqemu.PhyMemMode:1 / :0: m and M then address guest-physical memory.
   Status SetPhysicalMode(bool physical);

@@ -50,6 +50,10 @@ struct HostRange {
   // The same bytes mapped into this process (vmm/shared_ram_map.h), or null: then only
   // process_vm_readv reaches them.
   const std::uint8_t* local = nullptr;
+  // The same mapping when it is writable (QEMU's file opened read-write), for hvpatch's own
+  // writes: a store instead of a process_vm_writev call each (the commit makes dozens in its
+  // pause). Null: writes go through process_vm_writev.
+  std::uint8_t* local_writable = nullptr;
   std::uint64_t end() const { return gpa + size; }
 };
 

@@ -439,7 +439,10 @@ Status QemuVm::MapShared(const Block& b, std::uint64_t base, const std::vector<M
       return FailedPrecondition("'" + map->source() + "' differs from the gdbstub at gpa " + Hex(s.gpa));
     }
   }
-  for (HostRange& r : ranges) r.local = map->data() + (r.hva - base);
+  for (HostRange& r : ranges) {
+    r.local = map->data() + (r.hva - base);
+    if (map->writable_data() != nullptr) r.local_writable = map->writable_data() + (r.hva - base);
+  }
   shared_maps_.push_back(std::move(map));
   return Status::Ok();
 }
@@ -473,11 +476,17 @@ Status QemuVm::Pause() {
       unchecked_writes_.clear();
     }
     bool running = false;
+    std::vector<std::vector<std::uint8_t>> regs;
     if (gdb_) {
       // One gdbstub round trip both stops a running VM and tells whether it ran (see
       // GdbStubClient::StopIfRunning): the same vm_stop as QMP `stop`, without the
-      // query-status + stop round trips, and the stop reply is consumed on the way.
-      HV_ASSIGN_OR_RETURN(running, gdb_->StopIfRunning());
+      // query-status + stop round trips, and the stop reply is consumed on the way. Every
+      // vCPU's registers come back in the same round trip (every commit reads them next).
+      if (2 * threads_.size() + 1 <= GdbStubClient::kMaxBatch) {
+        HV_ASSIGN_OR_RETURN(running, gdb_->StopIfRunning(threads_, regs));
+      } else {
+        HV_ASSIGN_OR_RETURN(running, gdb_->StopIfRunning());
+      }
     } else {
       HV_ASSIGN_OR_RETURN(running, Running());
       if (running) HV_RETURN_IF_ERROR(qmp_->Execute("stop").status());
@@ -485,6 +494,15 @@ Status QemuVm::Pause() {
     resume_on_outer_ = running;
     (void)qmp_->TakeEvents();  // our STOP, and anything older: nobody reads them
     ForgetPauseState();        // nothing read before this pause may be trusted in it
+    if (!regs.empty()) {
+      std::vector<VcpuState> states;
+      for (std::size_t i = 0; i < regs.size(); ++i) {
+        Result<VcpuState> v = DecodeVcpu(static_cast<int>(i), regs[i]);
+        if (!v.ok()) break;  // VcpuStates() reads them again and reports the error
+        states.push_back(*v);
+      }
+      if (states.size() == regs.size()) vcpus_ = std::move(states);
+    }
   }
   ++pause_depth_;
   return Status::Ok();
@@ -607,6 +625,13 @@ Status QemuVm::HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t le
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len - done, r->end() - at));
     if (!write && r->local != nullptr) {
       std::memcpy(buf + done, r->local + (at - r->gpa), n);
+      done += n;
+      continue;
+    }
+    if (write && r->local_writable != nullptr) {
+      // Like process_vm_writev into QEMU: the same shared pages, and QEMU's dirty log sees
+      // neither (see WritePhys).
+      std::memcpy(r->local_writable + (at - r->gpa), buf + done, n);
       done += n;
       continue;
     }

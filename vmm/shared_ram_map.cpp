@@ -15,9 +15,12 @@
 namespace hv::vmm {
 namespace {
 
-// Opens `path` read-only if it is a regular file with inode `inode`; -1 otherwise.
-int OpenIfInode(const std::string& path, std::uint64_t inode) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+// Opens `path` if it is a regular file with inode `inode`: read-write when allowed (then
+// `writable` is set), else read-only; -1 otherwise.
+int OpenIfInode(const std::string& path, std::uint64_t inode, bool& writable) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  writable = fd >= 0;
+  if (fd < 0) fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_ino) != inode) {
@@ -39,7 +42,8 @@ Result<std::unique_ptr<SharedRamMap>> SharedRamMap::Open(pid_t pid, const HostMa
   std::snprintf(range, sizeof(range), "/map_files/%llx-%llx", static_cast<unsigned long long>(m.start),
                 static_cast<unsigned long long>(m.end));
   std::string source = proc + range;
-  int fd = OpenIfInode(source, m.inode);
+  bool writable = false;
+  int fd = OpenIfInode(source, m.inode, writable);
   if (fd < 0) {
     // Without CAP_SYS_ADMIN: QEMU keeps the memfd (or file) open; find it by inode. Bounded by
     // QEMU's descriptor table, which the kernel bounds.
@@ -47,7 +51,7 @@ Result<std::unique_ptr<SharedRamMap>> SharedRamMap::Open(pid_t pid, const HostMa
       while (dirent* e = readdir(d)) {
         if (e->d_name[0] == '.') continue;
         source = proc + "/fd/" + e->d_name;
-        fd = OpenIfInode(source, m.inode);
+        fd = OpenIfInode(source, m.inode, writable);
         if (fd >= 0) break;
       }
       closedir(d);
@@ -58,7 +62,7 @@ Result<std::unique_ptr<SharedRamMap>> SharedRamMap::Open(pid_t pid, const HostMa
     const std::string deleted = " (deleted)";
     if (path.size() <= deleted.size() || path.compare(path.size() - deleted.size(), deleted.size(), deleted) != 0) {
       source = path;
-      fd = OpenIfInode(path, m.inode);
+      fd = OpenIfInode(path, m.inode, writable);
     }
   }
   if (fd < 0) {
@@ -75,11 +79,12 @@ Result<std::unique_ptr<SharedRamMap>> SharedRamMap::Open(pid_t pid, const HostMa
     close(fd);
     return FailedPrecondition("'" + source + "' is " + std::to_string(st.st_size) + " bytes, shorter than QEMU's mapping");
   }
-  void* p = mmap(nullptr, m.size(), PROT_READ, MAP_SHARED, fd, static_cast<off_t>(m.file_offset));
+  void* p = mmap(nullptr, m.size(), writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd,
+                 static_cast<off_t>(m.file_offset));
   const int err = errno;
   close(fd);
   if (p == MAP_FAILED) return ErrnoError("mapping '" + source + "'", err);
-  return std::unique_ptr<SharedRamMap>(new SharedRamMap(static_cast<const std::uint8_t*>(p), m.size(), source));
+  return std::unique_ptr<SharedRamMap>(new SharedRamMap(static_cast<const std::uint8_t*>(p), m.size(), source, writable));
 }
 
 SharedRamMap::~SharedRamMap() { munmap(const_cast<std::uint8_t*>(data_), size_); }

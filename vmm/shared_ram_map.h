@@ -36,15 +36,19 @@ class SharedRamMap {
 
   // The byte QEMU sees at `m.start` is data()[0].
   const std::uint8_t* data() const { return data_; }
+  // The same bytes for writing when the file could be opened read-write (it is mapped shared
+  // and writable then); else null.
+  std::uint8_t* writable_data() const { return writable_ ? const_cast<std::uint8_t*>(data_) : nullptr; }
   std::uint64_t size() const { return size_; }
   const std::string& source() const { return source_; }  // what was opened, for messages
 
  private:
-  SharedRamMap(const std::uint8_t* data, std::uint64_t size, std::string source)
-      : data_(data), size_(size), source_(std::move(source)) {}
+  SharedRamMap(const std::uint8_t* data, std::uint64_t size, std::string source, bool writable)
+      : data_(data), size_(size), source_(std::move(source)), writable_(writable) {}
   const std::uint8_t* data_;
   std::uint64_t size_;
   std::string source_;
+  bool writable_;
 };
 
 }  // namespace hv::vmm

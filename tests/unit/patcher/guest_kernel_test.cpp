@@ -349,6 +349,59 @@ TEST(GuestKernelTest, PrepareTouchesEveryStackOnlyWhenMemoryIsAMapping) {
   EXPECT_EQ(collected->size(), expected->size());
 }
 
+// Guest memory offered as a mapping (DirectRam, ReadsFromMapping): what the commit's pause sees
+// with a shared-memory backend, where the task walk uses its hint.
+class MappedMemory : public vmm::GuestPhysMemory {
+ public:
+  explicit MappedMemory(const vmm::GuestPhysMemory& inner) : inner_(inner) {}
+  Status ReadPhys(std::uint64_t gpa, std::span<std::uint8_t> out) const override { return inner_.ReadPhys(gpa, out); }
+  std::vector<vmm::PhysRange> RamRanges() const override { return inner_.RamRanges(); }
+  std::vector<vmm::DirectRange> DirectRam() const override { return inner_.DirectRam(); }
+  bool ReadsFromMapping() const override { return true; }
+
+ private:
+  const vmm::GuestPhysMemory& inner_;
+};
+
+// The walk's hint (TaskWalker::Walk) only decides what is prefetched: a stale hint, or one of
+// garbage addresses, gives the same walk as none.
+TEST(GuestKernelTest, AWalkHintChangesOnlyWhatIsPrefetched) {
+  FakeGuestKernel g;
+  g.mem().set_direct(true);
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const MappedMemory mapped(g.mem());
+  auto hint = (*k)->WalkTasks(mapped);
+  ASSERT_THAT(hint, IsOk());
+  // After the hint, kthreadd leaves the process list.
+  const std::uint64_t kthreadd = g.tasks()[1].va;
+  const std::uint64_t node = kthreadd + FakeGuestKernel::kTaskTasks;
+  const std::uint64_t next = g.mem().Read64(g.Pa(node)), prev = g.mem().Read64(g.Pa(node + 8));
+  g.Write64(prev, next);
+  g.Write64(next + 8, prev);
+  TaskSnapshot garbage = *hint;
+  for (GuestTask& t : garbage.tasks) {
+    t.task ^= 0x5a5a5000;
+    t.signal = 0xffff888000dead00ull;
+  }
+  auto plain = (*k)->WalkTasks(mapped);
+  auto stale = (*k)->WalkTasks(mapped, &*hint);
+  auto bad = (*k)->WalkTasks(mapped, &garbage);
+  ASSERT_THAT(plain, IsOk());
+  ASSERT_THAT(stale, IsOk());
+  ASSERT_THAT(bad, IsOk());
+  auto tasks = [](const TaskSnapshot& s) {
+    std::vector<std::tuple<std::uint64_t, int, int, std::string, std::uint64_t, std::uint64_t>> out;
+    for (const GuestTask& t : s.tasks) out.emplace_back(t.task, t.pid, t.tid, t.comm, t.stack_base, t.saved_sp);
+    return out;
+  };
+  EXPECT_EQ(hint->tasks.size(), plain->tasks.size() + 1);
+  EXPECT_EQ(plain->FindTask(kthreadd), nullptr);
+  EXPECT_NE(hint->FindTask(kthreadd), nullptr);
+  EXPECT_EQ(tasks(*stale), tasks(*plain));
+  EXPECT_EQ(tasks(*bad), tasks(*plain));
+}
+
 TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
   FakeGuestKernel g;
   g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);  // absurd count

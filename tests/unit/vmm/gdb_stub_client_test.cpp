@@ -169,6 +169,45 @@ TEST(GdbStubClientTest, StopIfRunningTellsAStopItCausedFromAVmAlreadyPaused) {
   EXPECT_EQ(stub.received(), (std::vector<std::string>{"qC", "qC", "Hg01", "qC"}));
 }
 
+TEST(GdbStubClientTest, StopIfRunningReadsRegistersInTheSameRoundTrip) {
+  bool running = true;
+  std::string selected;
+  FakeStub stub("", [&](const std::string& p) -> std::string {
+    if (p == "qC" && running) {
+      running = false;
+      return EncodeRspPacket("T02thread:01;") + EncodeRspPacket("QC01");
+    }
+    if (p == "qC") return EncodeRspPacket("QC01");
+    if (p.rfind("Hg", 0) == 0) {
+      if (p == "Hg03") return EncodeRspPacket("E22");
+      selected = p.substr(2);
+      return EncodeRspPacket("OK");
+    }
+    if (p == "g") return EncodeRspPacket(selected == "01" ? "aa01" : "bb02");
+    return EncodeRspPacket("");
+  });
+  {
+    auto c = GdbStubClient::Connect(stub.path(), 1000, 0);
+    ASSERT_THAT(c, IsOk());
+    const std::vector<std::string> threads = {"01", "02"};
+    std::vector<std::vector<std::uint8_t>> regs;
+    auto first = (*c)->StopIfRunning(threads, regs);
+    ASSERT_THAT(first, IsOk());
+    EXPECT_TRUE(*first);
+    EXPECT_EQ(regs, (std::vector<std::vector<std::uint8_t>>{{0xaa, 0x01}, {0xbb, 0x02}}));
+    // A bad register reply leaves no registers, and still says whether the VM was stopped.
+    const std::vector<std::string> bad = {"01", "03"};
+    auto second = (*c)->StopIfRunning(bad, regs);
+    ASSERT_THAT(second, IsOk());
+    EXPECT_FALSE(*second);
+    EXPECT_TRUE(regs.empty());
+    const std::vector<std::string> too_many(GdbStubClient::kMaxBatch / 2, "01");
+    EXPECT_THAT((*c)->StopIfRunning(too_many, regs), StatusIs(Code::kInvalidArgument, HasSubstr("one batch")));
+  }
+  stub.WaitClosed();
+  EXPECT_EQ(stub.received(), (std::vector<std::string>{"qC", "Hg01", "g", "Hg02", "g", "qC", "Hg01", "g", "Hg03", "g"}));
+}
+
 TEST(GdbStubClientTest, StopIfRunningRefusesAnAnswerThatIsNotAThreadId) {
   FakeStub stub("", [](const std::string&) { return EncodeRspPacket("OK"); });
   auto c = GdbStubClient::Connect(stub.path(), 1000, 0);
