@@ -84,6 +84,12 @@ class StackSource {
   // in the pause (e.g. fault in a mapping of guest RAM), so the pause does not pay for it.
   // Never needed for correctness: Collect reads everything again inside the pause.
   virtual void Prepare() {}
+  // Collects the stacks and checks them against `busy` (CheckStacks over `mem`), inside the
+  // pause, with the same result as Collect then CheckStacks. The default does exactly that; a
+  // source may overlap the two. `collect_us` receives the time spent collecting.
+  virtual Result<StackCheckReport> Check(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode,
+                                         std::span<const vmm::VcpuState> vcpus, std::span<const CodeRange> busy,
+                                         std::uint64_t& collect_us);
 };
 
 struct RetryPolicy {

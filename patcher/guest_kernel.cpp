@@ -1,6 +1,7 @@
 #include "patcher/guest_kernel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 
 #include "base/hex.h"
@@ -352,6 +353,8 @@ GuestKernelSummary GuestKernel::Summary() const {
 
 void GuestKernelStacks::Prepare() {
   hint_.reset();
+  hint_regions_.clear();
+  hint_by_begin_.clear();
   if (!mem_.ReadsFromMapping()) return;
   TaskSnapshot walked;
   Result<std::vector<StackRegion>> regions = kernel_.StackRegions(mem_, {}, nullptr, &walked);
@@ -364,6 +367,98 @@ void GuestKernelStacks::Prepare() {
     return r.begin == 0 || r.begin > r.end || r.end - r.begin > kMaxStackRegion;
   });
   (void)CheckStacks(mem_, kernel_.paging(), {}, *regions, {});
+  hint_regions_ = std::move(*regions);
+  hint_by_begin_.reserve(hint_regions_.size());
+  for (std::size_t i = 0; i < hint_regions_.size(); ++i) hint_by_begin_.emplace(hint_regions_[i].begin, i);
+  if (!helper_) helper_ = std::make_unique<HelperThread>();
+}
+
+Result<StackCheckReport> GuestKernelStacks::Check(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode,
+                                                  std::span<const vmm::VcpuState> vcpus,
+                                                  std::span<const CodeRange> busy, std::uint64_t& collect_us) {
+  if (!hint_ || !helper_ || hint_regions_.size() < min_shared_) {
+    return StackSource::Check(mem, mode, vcpus, busy, collect_us);
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  const std::size_t n = hint_regions_.size();
+  // Per predicted region: 0 not scanned (or unreadable: left to the serial scan), 1 clean,
+  // 2 with hits (in `found`, tagged with the region's index). Each entry is written by the one
+  // thread that claimed its chunk and read after Wait().
+  std::vector<std::uint8_t> state(n, 0);
+  struct Found {
+    std::size_t region;
+    StackHit hit;
+  };
+  std::vector<Found> found_by_helper, found_here;
+  std::atomic<std::size_t> cursor{0};
+  constexpr std::size_t kChunk = 32;
+  auto scan_predicted = [&](std::vector<Found>& found) {
+    StackScanner scanner(mem, mode, busy);
+    std::vector<StackHit> hits;
+    for (;;) {
+      const std::size_t first = cursor.fetch_add(kChunk, std::memory_order_relaxed);
+      if (first >= n) return;
+      const std::size_t last = std::min(n, first + kChunk);
+      for (std::size_t i = first; i < last; ++i) {
+        if (i + 2 * StackScanner::kAhead < last) scanner.PrefetchTranslation(hint_regions_[i + 2 * StackScanner::kAhead]);
+        if (i + StackScanner::kAhead < last) scanner.PrefetchStack(hint_regions_[i + StackScanner::kAhead]);
+        hits.clear();
+        if (!scanner.Scan(hint_regions_[i], hits).ok()) continue;
+        state[i] = hits.empty() ? 1 : 2;
+        for (StackHit& h : hits) found.push_back({i, std::move(h)});
+      }
+    }
+  };
+  helper_->Post([&] { scan_predicted(found_by_helper); });
+  Result<std::vector<StackRegion>> regions = kernel_.StackRegions(mem_, vcpus, &*hint_);
+  collect_us = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+  scan_predicted(found_here);  // whatever the helper has not claimed yet
+  helper_->Wait();
+  if (!regions.ok()) return regions.status();
+
+  StackCheckReport report = CheckVcpus(vcpus, busy);
+  StackScanner scanner(mem, mode, busy);
+  std::vector<int> threads;
+  threads.reserve(regions->size());
+  // The walk meets the tasks in the hint's order when nothing changed: look at the next few
+  // predicted regions first, then anywhere.
+  std::size_t next = 0;
+  auto predicted = [&](const StackRegion& r) -> std::optional<std::size_t> {
+    for (std::size_t i = next; i < n && i < next + 4; ++i) {
+      if (hint_regions_[i].begin == r.begin && hint_regions_[i].end == r.end) {
+        next = i + 1;
+        return i;
+      }
+    }
+    const auto it = hint_by_begin_.find(r.begin);
+    if (it != hint_by_begin_.end() && hint_regions_[it->second].end == r.end) return it->second;
+    return std::nullopt;
+  };
+  for (std::size_t k = 0; k < regions->size(); ++k) {
+    const StackRegion& r = (*regions)[k];
+    if (r.begin == 0) continue;
+    const std::optional<std::size_t> i = predicted(r);
+    if (i && state[*i] != 0) {
+      // The same bytes, scanned in this pause: take the result, named after this region.
+      report.bytes_scanned += r.end - (r.begin & ~7ull);
+      if (state[*i] == 2) {
+        for (const auto* found : {&found_by_helper, &found_here}) {
+          for (const Found& f : *found) {
+            if (f.region == *i) report.hits.push_back({r.pid, r.tid, r.comm, f.hit.function, f.hit.address, r.kind + " stack"});
+          }
+        }
+      }
+    } else {
+      if (k + StackScanner::kAhead < regions->size()) scanner.PrefetchStack((*regions)[k + StackScanner::kAhead]);
+      HV_ASSIGN_OR_RETURN(const std::uint64_t bytes, scanner.Scan(r, report.hits));
+      report.bytes_scanned += bytes;
+    }
+    threads.push_back(r.tid);
+  }
+  report.threads_scanned = CountThreads(threads);
+  return report;
 }
 
 }  // namespace hv::patcher

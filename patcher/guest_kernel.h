@@ -17,10 +17,12 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "base/status.h"
 #include "patcher/commit.h"
+#include "patcher/helper_thread.h"
 #include "patcher/kallsyms_cache.h"
 #include "patcher/kernel_btf.h"
 #include "patcher/module_symbols.h"
@@ -147,8 +149,10 @@ class GuestKernel : public SymbolResolver {
 // The commit's StackSource over a GuestKernel: re-walks the tasks in each pause.
 class GuestKernelStacks : public StackSource {
  public:
-  GuestKernelStacks(const GuestKernel& kernel, const vmm::GuestPhysMemory& mem)
-      : kernel_(kernel), mem_(mem) {}
+  // Below this many predicted stacks, waking a second core costs about what it saves (Check).
+  static constexpr std::size_t kMinShared = 256;
+  GuestKernelStacks(const GuestKernel& kernel, const vmm::GuestPhysMemory& mem, std::size_t min_shared = kMinShared)
+      : kernel_(kernel), mem_(mem), min_shared_(min_shared) {}
   Result<std::vector<StackRegion>> Collect(std::span<const vmm::VcpuState> vcpus) override {
     return kernel_.StackRegions(mem_, vcpus, hint_ ? &*hint_ : nullptr);
   }
@@ -159,10 +163,25 @@ class GuestKernelStacks : public StackSource {
   // hint of the walk inside the pause (TaskWalker::Walk).
   void Prepare() override;
 
+  // With a hint from Prepare, two cores share the pause's work: while this thread walks the
+  // tasks, a helper thread scans the stacks the hint predicts (each task's saved SP to the top
+  // of its stack), reading them inside the pause. The walk's regions that equal a predicted
+  // one, bounds and all, take that scan's result (the same bytes, read in the same pause); any
+  // other region (a task that ran since Prepare, a new task, the vCPUs' stacks) is scanned
+  // after the walk. So the result is the serial check's. Without a hint: Collect, then
+  // CheckStacks.
+  Result<StackCheckReport> Check(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode,
+                                 std::span<const vmm::VcpuState> vcpus, std::span<const CodeRange> busy,
+                                 std::uint64_t& collect_us) override;
+
  private:
   const GuestKernel& kernel_;
   const vmm::GuestPhysMemory& mem_;
+  std::size_t min_shared_;
   std::optional<TaskSnapshot> hint_;
+  std::vector<StackRegion> hint_regions_;  // Prepare's regions, valid bounds only
+  std::unordered_map<std::uint64_t, std::size_t> hint_by_begin_;  // index in hint_regions_
+  std::unique_ptr<HelperThread> helper_;
 };
 
 }  // namespace hv::patcher

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "patcher/kernel_memory.h"
 #include "vmm/guest_memory.h"
 #include "vmm/page_walk.h"
 #include "vmm/vm.h"
@@ -61,6 +62,43 @@ Result<StackCheckReport> CheckStacks(const vmm::GuestPhysMemory& mem, const vmm:
                                      std::span<const vmm::VcpuState> vcpus,
                                      std::span<const StackRegion> regions,
                                      std::span<const CodeRange> ranges);
+
+// The vCPUs' part of CheckStacks: a hit for each RIP inside `ranges`.
+StackCheckReport CheckVcpus(std::span<const vmm::VcpuState> vcpus, std::span<const CodeRange> ranges);
+
+// Sorts `tids` and counts the distinct ones.
+std::size_t CountThreads(std::vector<int>& tids);
+
+// The scan of one region at a time, as CheckStacks does it: for callers that share the regions
+// between threads (one scanner per thread; it keeps a translation cache, KernelMemory).
+class StackScanner {
+ public:
+  // Where guest RAM is mapped here, the stacks ahead are requested while one is scanned, so the
+  // cache (and TLB) misses of thousands of small scattered stacks overlap instead of coming one
+  // after another. Two stages: the line with the PTE of the stack 2 * kAhead regions on
+  // (vmalloc'ed stacks: KernelMemory reads one PTE per page), then the first kPrefetchBytes of
+  // the stack kAhead regions on (a sleeping task's stack, from its saved SP up, is ~1 KiB).
+  static constexpr std::size_t kAhead = 8;
+  static constexpr std::uint64_t kPrefetchBytes = 2048;
+
+  StackScanner(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode, std::span<const CodeRange> ranges);
+
+  // Appends the hits in `region` to `hits`; returns the bytes scanned (0 for begin == 0).
+  // Errors as CheckStacks.
+  Result<std::uint64_t> Scan(const StackRegion& region, std::vector<StackHit>& hits);
+  // Hints (nothing read through them is trusted), only where guest RAM is mapped here.
+  void PrefetchTranslation(const StackRegion& region) const;
+  void PrefetchStack(const StackRegion& region) const;
+
+ private:
+  KernelMemory kmem_;
+  std::span<const CodeRange> ranges_;
+  bool hint_;
+  // The smallest span that holds every range: one compare rejects almost every stack word
+  // (data, stack addresses, user values); only a word inside it is matched range by range.
+  std::uint64_t lo_ = 0, width_ = 0;
+  std::vector<std::uint8_t> buf_;
+};
 
 // "pid 42 (sleep) in do_nanosleep" lines, one per distinct (tid, function).
 std::string DescribeHits(std::span<const StackHit> hits);

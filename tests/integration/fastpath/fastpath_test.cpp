@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <tuple>
 
 #include "patcher/guest_kernel.h"
 #include "status_matchers.h"
@@ -23,6 +25,7 @@ namespace hv::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // Guest RAM through process_vm_readv on QEMU's own mapping, as hvpatch reads anonymous RAM.
@@ -157,6 +160,71 @@ TEST_F(FastPathTest, MappedGuestRamGivesTheSameTasksAndStacksAsProcessVmReadv) {
   EXPECT_EQ(mapped_check->bytes_scanned, copied_check->bytes_scanned);
   EXPECT_EQ(mapped_check->hits.size(), copied_check->hits.size());
   EXPECT_GE(mapped_check->hits.size(), 40u);  // at least every sleep
+}
+
+// With hundreds of tasks and mapped RAM, the commit's check runs on two cores
+// (GuestKernelStacks::Check): the same hits, bytes and threads as the serial check over
+// process_vm_readv, in-process; then through the CLI, a busy function is refused by name and a
+// patch of an idle one applies and reverts.
+TEST_F(FastPathTest, ManyTasksAreCheckedOnTwoCoresWithTheSerialResult) {
+  ASSERT_EQ(Guest("rm -f /tmp/many; i=0; while [ $i -lt 300 ]; do sleep 200002 </dev/null >/dev/null 2>&1 & "
+                  "echo $! >> /tmp/many; i=$((i+1)); done; wc -l < /tmp/many"),
+            "300\n");
+  {
+    auto vm = vmm::QemuVm::Connect(vm_->qmp_path());
+    ASSERT_THAT(vm, IsOk());
+    ASSERT_TRUE((*vm)->ReadsFromMapping()) << (*vm)->ram_access();
+    ProcessVmMemory pvm((*vm)->qemu_pid(), (*vm)->host_ram());
+    ASSERT_THAT((*vm)->Pause(), IsOk());
+    auto vcpus = (*vm)->VcpuStates();
+    ASSERT_THAT(vcpus, IsOk());
+    patcher::GuestKernelOptions o;
+    o.walk_tasks = false;
+    auto k = patcher::GuestKernel::Build(**vm, *vcpus, o);
+    ASSERT_THAT((*vm)->Resume(), IsOk());
+    ASSERT_THAT(k, IsOk());
+    auto sched = (*k)->FindSymbol("", "__schedule");
+    ASSERT_THAT(sched, IsOk());
+    const std::vector<patcher::CodeRange> busy = {{(*sched)->address, (*sched)->address + (*sched)->size, "__schedule"}};
+
+    patcher::GuestKernelStacks stacks(**k, **vm);
+    stacks.Prepare();  // the hint, with the guest running
+    ASSERT_THAT((*vm)->Pause(), IsOk());
+    vcpus = (*vm)->VcpuStates();
+    Result<patcher::StackCheckReport> shared = InvalidArgument("not run"), serial = InvalidArgument("not run");
+    std::uint64_t collect_us = 0;
+    if (vcpus.ok()) {
+      const vmm::PagingMode mode{(*vcpus)[0].cr3, (*vcpus)[0].la57(), (((*vcpus)[0].efer >> 11) & 1) != 0};
+      shared = stacks.Check(**vm, mode, *vcpus, busy, collect_us);
+      auto regions = (*k)->StackRegions(pvm, *vcpus);
+      if (regions.ok()) serial = patcher::CheckStacks(pvm, mode, *vcpus, *regions, busy);
+    }
+    ASSERT_THAT((*vm)->Resume(), IsOk());
+    ASSERT_THAT(shared, IsOk());
+    ASSERT_THAT(serial, IsOk());
+    auto hits = [](const patcher::StackCheckReport& r) {
+      std::set<std::tuple<int, std::string, std::uint64_t, std::string>> out;
+      for (const auto& h : r.hits) out.emplace(h.tid, h.function, h.address, h.where);
+      return out;
+    };
+    EXPECT_EQ(hits(*shared), hits(*serial));
+    EXPECT_GE(shared->hits.size(), 340u);  // every sleep at least
+    EXPECT_GE(shared->threads_scanned, std::size_t{patcher::GuestKernelStacks::kMinShared});
+    EXPECT_EQ(shared->threads_scanned, serial->threads_scanned);
+    EXPECT_EQ(shared->bytes_scanned, serial->bytes_scanned);
+  }
+
+  auto refused = Hvpatch({"--tries", "1", "apply", vm_->qmp_target(), PatchModule("hvp_sleep")});
+  EXPECT_EQ(refused.exit_code, 3) << refused.err;
+  EXPECT_THAT(refused.err, HasSubstr("(sleep) in do_nanosleep"));
+  auto a = Hvpatch({"--json", "apply", vm_->qmp_target(), PatchModule("hvp_sample")});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_GE(Json(a)["threads_scanned"].get<int>(), 340) << a.out;
+  EXPECT_THAT(Guest("cat /proc/cmdline"), HasSubstr("live-patched"));
+  auto r = Hvpatch({"revert", vm_->qmp_target(), "hvp_sample"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(Guest("cat /proc/cmdline"), Not(HasSubstr("live-patched")));
+  Guest("kill $(cat /tmp/many); rm -f /tmp/many");
 }
 
 TEST_F(FastPathTest, AbsentAgentIsKnownFromQemuAndCostsNoTimeout) {

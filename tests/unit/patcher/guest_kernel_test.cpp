@@ -402,6 +402,53 @@ TEST(GuestKernelTest, AWalkHintChangesOnlyWhatIsPrefetched) {
   EXPECT_EQ(tasks(*bad), tasks(*plain));
 }
 
+// The two-core check (GuestKernelStacks::Check with a hint) gives the serial check's result when
+// the guest changed after Prepare: a busy word written into a stack whose bounds stayed (found
+// by the scan of the predicted region, so that scan reads in the pause), a task whose saved SP
+// moved (its new region scanned after the walk), a task gone from the list.
+TEST(GuestKernelTest, TwoCoreCheckEqualsTheSerialCheck) {
+  FakeGuestKernel g;
+  g.mem().set_direct(true);
+  auto k = BuildFrom(g);
+  ASSERT_THAT(k, IsOk());
+  const MappedMemory mapped(g.mem());
+  GuestKernelStacks stacks(**k, mapped, /*min_shared=*/0);
+  stacks.Prepare();
+
+  constexpr std::uint64_t kFn = 0xffffffff81234000ull;
+  const std::vector<CodeRange> busy = {{kFn, kFn + 0x40, "busy_fn"}};
+  auto sp_of = [&](std::size_t task) {
+    return g.mem().Read64(g.Pa(g.tasks()[task].va + FakeGuestKernel::kTaskThread + FakeGuestKernel::kThreadSp));
+  };
+  // tasks()[0] is init, [1] kthreadd, [2..4] the "threads" process.
+  g.Write64(sp_of(2) + 0x10, kFn + 8);  // same bounds as predicted
+  const std::uint64_t moved_sp = sp_of(3) - 0x80;
+  g.Write64(g.tasks()[3].va + FakeGuestKernel::kTaskThread + FakeGuestKernel::kThreadSp, moved_sp);
+  g.Write64(moved_sp + 0x8, kFn + 16);  // below the predicted bounds: only the new region has it
+  const std::uint64_t node = g.tasks()[1].va + FakeGuestKernel::kTaskTasks;
+  const std::uint64_t next = g.mem().Read64(g.Pa(node)), prev = g.mem().Read64(g.Pa(node + 8));
+  g.Write64(prev, next);
+  g.Write64(next + 8, prev);
+
+  const auto vcpus = g.vcpus();
+  std::uint64_t collect_us = 0;
+  auto shared = stacks.Check(mapped, (*k)->paging(), vcpus, busy, collect_us);
+  ASSERT_THAT(shared, IsOk());
+  auto regions = (*k)->StackRegions(mapped, vcpus);
+  ASSERT_THAT(regions, IsOk());
+  auto serial = CheckStacks(mapped, (*k)->paging(), vcpus, *regions, busy);
+  ASSERT_THAT(serial, IsOk());
+  auto hits = [](const StackCheckReport& r) {
+    std::set<std::tuple<int, std::string, std::string, std::uint64_t, std::string>> out;
+    for (const StackHit& h : r.hits) out.emplace(h.tid, h.comm, h.function, h.address, h.where);
+    return out;
+  };
+  EXPECT_EQ(hits(*shared), hits(*serial));
+  EXPECT_EQ(shared->hits.size(), 2u);
+  EXPECT_EQ(shared->bytes_scanned, serial->bytes_scanned);
+  EXPECT_EQ(shared->threads_scanned, serial->threads_scanned);
+}
+
 TEST(GuestKernelTest, FallsBackToAgentKallsyms) {
   FakeGuestKernel g;
   g.Write32(g.Symbol("kallsyms_num_syms"), 0xffffffff);  // absurd count
