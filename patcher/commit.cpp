@@ -22,15 +22,6 @@ vmm::PagingMode KernelMode(const vmm::VcpuState& v) {
 
 }  // namespace
 
-Result<StackCheckReport> StackSource::Check(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode,
-                                            std::span<const vmm::VcpuState> vcpus,
-                                            std::span<const CodeRange> busy, std::uint64_t& collect_us) {
-  const auto t0 = Clock::now();
-  HV_ASSIGN_OR_RETURN(std::vector<StackRegion> regions, Collect(vcpus));
-  collect_us = Micros(t0, Clock::now());
-  return CheckStacks(mem, mode, vcpus, regions, busy);
-}
-
 Status VmKernelWords::Read(std::uint64_t va, std::span<std::uint8_t> out) {
   return vmm::ReadVirt(vm_, mode_, va, out);
 }

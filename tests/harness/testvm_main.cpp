@@ -1,6 +1,8 @@
 // hvpatch-testvm: the VM test harness for shell scripts (the demo, manual poking).
-//   hvpatch-testvm start DIR [--no-agent] [--accel kvm] [--mem MIB] [--qemu-arg ARG]...
+//   hvpatch-testvm start DIR [--no-agent] [--accel kvm] [--mem MIB] [--shared-ram] [--qemu-arg ARG]...
 //                                            boot a test guest in DIR, detached; prints its QMP target
+//                                            (--shared-ram: guest RAM in a shared memfd, which
+//                                            hvpatch maps: docs/performance.md)
 //   hvpatch-testvm run DIR SCRIPT            run SCRIPT in the guest; prints output, exits with its code
 //   hvpatch-testvm stop DIR                  stop the guest started in DIR (by its PID)
 #include <cstdio>
@@ -14,7 +16,7 @@ namespace {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: hvpatch-testvm start DIR [--no-agent] [--accel tcg|kvm] [--mem MIB] [--qemu-arg ARG]...\n"
+               "usage: hvpatch-testvm start DIR [--no-agent] [--accel tcg|kvm] [--mem MIB] [--shared-ram] [--qemu-arg ARG]...\n"
                "       hvpatch-testvm run DIR SCRIPT\n"
                "       hvpatch-testvm stop DIR\n");
   return 2;
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
       if (std::strcmp(argv[i], "--no-agent") == 0) o.agent = false;
       else if (std::strcmp(argv[i], "--accel") == 0 && i + 1 < argc) o.accel = argv[++i];
       else if (std::strcmp(argv[i], "--mem") == 0 && i + 1 < argc) o.mem_mib = std::atoi(argv[++i]);
+      else if (std::strcmp(argv[i], "--shared-ram") == 0) o.shared_ram = true;
       else if (std::strcmp(argv[i], "--qemu-arg") == 0 && i + 1 < argc) o.extra_qemu_args.push_back(argv[++i]);
       else return Usage();
     }
