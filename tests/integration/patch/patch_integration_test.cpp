@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -422,7 +423,11 @@ TEST_F(PatchIntegrationTest, BusyFunctionRefusedThenAppliedWhenIdle) {
   const double slept = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_GE(slept, 1.0);
   EXPECT_LT(slept, 20.0);
-  EXPECT_EQ(Guest("s=$(date +%s); sleep 2; echo $(( $(date +%s) - s ))"), "2\n");
+  // In centiseconds from /proc/uptime (`date +%s` rounds: a 2 s sleep can span 3 second marks).
+  const std::string cs = Guest("a=$(cut -d' ' -f1 /proc/uptime); sleep 2; b=$(cut -d' ' -f1 /proc/uptime); "
+                               "echo $(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))");
+  EXPECT_GE(std::atoi(cs.c_str()), 200) << cs;
+  EXPECT_LT(std::atoi(cs.c_str()), 400) << cs;
 
   // Revert checks the code being removed: a task asleep in the new do_nanosleep blocks it.
   const std::string pid2 = Trim(Guest("sleep 30 >/dev/null 2>&1 & echo $!"));
