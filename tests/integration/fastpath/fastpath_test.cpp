@@ -91,6 +91,31 @@ class FastPathTest : public ::testing::Test {
     EXPECT_THAT(r, IsOk());
     return r.ok() ? *r : "";
   }
+  // The test's own connection to the guest and its kernel model, built in a pause that is still
+  // held on return (Resume() ends it), with the vCPUs' state read in it.
+  struct Model {
+    std::unique_ptr<vmm::QemuVm> vm;
+    std::vector<vmm::VcpuState> vcpus;
+    std::unique_ptr<patcher::GuestKernel> kernel;
+  };
+  static Result<Model> PausedModel() {
+    Model m;
+    HV_ASSIGN_OR_RETURN(m.vm, vmm::QemuVm::Connect(vm_->qmp_path()));
+    if (!m.vm->ReadsFromMapping()) return FailedPrecondition("guest RAM is not mapped: " + m.vm->ram_access());
+    HV_RETURN_IF_ERROR(m.vm->Pause());
+    Result<std::vector<vmm::VcpuState>> vcpus = m.vm->VcpuStates();
+    patcher::GuestKernelOptions o;
+    o.walk_tasks = false;
+    Result<std::unique_ptr<patcher::GuestKernel>> k =
+        vcpus.ok() ? patcher::GuestKernel::Build(*m.vm, *vcpus, o) : Result<std::unique_ptr<patcher::GuestKernel>>(vcpus.status());
+    if (!k.ok()) {
+      (void)m.vm->Resume();
+      return k.status();
+    }
+    m.vcpus = std::move(*vcpus);
+    m.kernel = std::move(*k);
+    return m;
+  }
   static nlohmann::json Json(const ProgramResult& r) {
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     EXPECT_FALSE(j.is_discarded()) << "not JSON: " << r.out << r.err;
@@ -104,34 +129,28 @@ TestVm* FastPathTest::vm_ = nullptr;
 std::string FastPathTest::state_;
 
 TEST_F(FastPathTest, MappedGuestRamGivesTheSameTasksAndStacksAsProcessVmReadv) {
-  auto vm = vmm::QemuVm::Connect(vm_->qmp_path());
-  ASSERT_THAT(vm, IsOk());
-  ASSERT_TRUE((*vm)->ReadsFromMapping()) << (*vm)->ram_access();
-  EXPECT_THAT((*vm)->ram_access(), StartsWith("mapped /proc/"));
-  ProcessVmMemory pvm((*vm)->qemu_pid(), (*vm)->host_ram());
-
-  ASSERT_THAT((*vm)->Pause(), IsOk());
-  auto vcpus = (*vm)->VcpuStates();
-  ASSERT_THAT(vcpus, IsOk());
-  patcher::GuestKernelOptions o;
-  o.walk_tasks = false;
-  auto k = patcher::GuestKernel::Build(**vm, *vcpus, o);
-  ASSERT_THAT(k, IsOk());
-  auto mapped_snap = (*k)->WalkTasks(**vm);
-  auto copied_snap = (*k)->WalkTasks(pvm);
-  auto mapped = (*k)->StackRegions(**vm, *vcpus);
-  auto copied = (*k)->StackRegions(pvm, *vcpus);
+  auto model = PausedModel();
+  ASSERT_THAT(model, IsOk());
+  auto& vm = model->vm;
+  auto& k = model->kernel;
+  const auto* vcpus = &model->vcpus;
+  EXPECT_THAT(vm->ram_access(), StartsWith("mapped /proc/"));
+  ProcessVmMemory pvm(vm->qemu_pid(), vm->host_ram());
+  auto mapped_snap = k->WalkTasks(*vm);
+  auto copied_snap = k->WalkTasks(pvm);
+  auto mapped = k->StackRegions(*vm, *vcpus);
+  auto copied = k->StackRegions(pvm, *vcpus);
   // Every sleeping task's stack holds a return address into __schedule: a check both must hit.
-  auto sched = (*k)->FindSymbol("", "__schedule");
+  auto sched = k->FindSymbol("", "__schedule");
   ASSERT_THAT(sched, IsOk());
   const std::vector<patcher::CodeRange> busy = {{(*sched)->address, (*sched)->address + (*sched)->size, "__schedule"}};
   const vmm::PagingMode mode{(*vcpus)[0].cr3, (*vcpus)[0].la57(), (((*vcpus)[0].efer >> 11) & 1) != 0};
   Result<patcher::StackCheckReport> mapped_check = InvalidArgument("not run"), copied_check = InvalidArgument("not run");
   if (mapped.ok() && copied.ok()) {
-    mapped_check = patcher::CheckStacks(**vm, mode, *vcpus, *mapped, busy);
+    mapped_check = patcher::CheckStacks(*vm, mode, *vcpus, *mapped, busy);
     copied_check = patcher::CheckStacks(pvm, mode, *vcpus, *copied, busy);
   }
-  ASSERT_THAT((*vm)->Resume(), IsOk());
+  ASSERT_THAT(vm->Resume(), IsOk());
 
   ASSERT_THAT(mapped_snap, IsOk());
   ASSERT_THAT(copied_snap, IsOk());
@@ -171,35 +190,29 @@ TEST_F(FastPathTest, ManyTasksAreCheckedOnTwoCoresWithTheSerialResult) {
                   "echo $! >> /tmp/many; i=$((i+1)); done; wc -l < /tmp/many"),
             "300\n");
   {
-    auto vm = vmm::QemuVm::Connect(vm_->qmp_path());
-    ASSERT_THAT(vm, IsOk());
-    ASSERT_TRUE((*vm)->ReadsFromMapping()) << (*vm)->ram_access();
-    ProcessVmMemory pvm((*vm)->qemu_pid(), (*vm)->host_ram());
-    ASSERT_THAT((*vm)->Pause(), IsOk());
-    auto vcpus = (*vm)->VcpuStates();
-    ASSERT_THAT(vcpus, IsOk());
-    patcher::GuestKernelOptions o;
-    o.walk_tasks = false;
-    auto k = patcher::GuestKernel::Build(**vm, *vcpus, o);
-    ASSERT_THAT((*vm)->Resume(), IsOk());
-    ASSERT_THAT(k, IsOk());
-    auto sched = (*k)->FindSymbol("", "__schedule");
+    auto model = PausedModel();
+    ASSERT_THAT(model, IsOk());
+    ASSERT_THAT(model->vm->Resume(), IsOk());
+    auto& vm = model->vm;
+    auto& k = model->kernel;
+    ProcessVmMemory pvm(vm->qemu_pid(), vm->host_ram());
+    auto sched = k->FindSymbol("", "__schedule");
     ASSERT_THAT(sched, IsOk());
     const std::vector<patcher::CodeRange> busy = {{(*sched)->address, (*sched)->address + (*sched)->size, "__schedule"}};
 
-    patcher::GuestKernelStacks stacks(**k, **vm);
+    patcher::GuestKernelStacks stacks(*k, *vm);
     stacks.Prepare();  // the hint, with the guest running
-    ASSERT_THAT((*vm)->Pause(), IsOk());
-    vcpus = (*vm)->VcpuStates();
+    ASSERT_THAT(vm->Pause(), IsOk());
+    auto vcpus = vm->VcpuStates();
     Result<patcher::StackCheckReport> shared = InvalidArgument("not run"), serial = InvalidArgument("not run");
     std::uint64_t collect_us = 0;
     if (vcpus.ok()) {
       const vmm::PagingMode mode{(*vcpus)[0].cr3, (*vcpus)[0].la57(), (((*vcpus)[0].efer >> 11) & 1) != 0};
-      shared = stacks.Check(**vm, mode, *vcpus, busy, collect_us);
-      auto regions = (*k)->StackRegions(pvm, *vcpus);
+      shared = stacks.Check(*vm, mode, *vcpus, busy, collect_us);
+      auto regions = k->StackRegions(pvm, *vcpus);
       if (regions.ok()) serial = patcher::CheckStacks(pvm, mode, *vcpus, *regions, busy);
     }
-    ASSERT_THAT((*vm)->Resume(), IsOk());
+    ASSERT_THAT(vm->Resume(), IsOk());
     ASSERT_THAT(shared, IsOk());
     ASSERT_THAT(serial, IsOk());
     auto hits = [](const patcher::StackCheckReport& r) {
