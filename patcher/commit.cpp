@@ -181,10 +181,13 @@ Result<CommitReport> Committer::Commit(const CommitPlan& plan) {
       report.pause_us = Micros(t0, t1);
       report.phases = std::move(phases);
       report.pause_us_per_try.push_back(report.pause_us);
+      // Outside the window, and even when a write failed: whatever this pause wrote must reach a
+      // migration that started meanwhile (Vm::AfterResume).
+      const Status after = resumed.ok() ? vm_.AfterResume() : Status::Ok();
       if (!written.ok()) return written;
       HV_RETURN_IF_ERROR(resumed.WithContext("resuming the VM"));
       Step("resumed");
-      HV_RETURN_IF_ERROR(vm_.AfterResume().WithContext("after resuming the VM"));
+      HV_RETURN_IF_ERROR(after.WithContext("after resuming the VM"));
       return report;
     }
     last_hits = checked->hits;

@@ -133,6 +133,25 @@ TEST_F(CommitTest, FailedSecondWriteRollsBackTheFirst) {
   EXPECT_TRUE(*vm_.Running());
 }
 
+// Vm::PrepareToPause and Vm::AfterResume bracket each pause from outside (depth 0), and the
+// second comes even when a write in the pause failed: what was written must still be checked
+// against a migration that started meanwhile.
+TEST_F(CommitTest, EveryPauseIsBracketedFromOutsideEvenWhenAWriteFails) {
+  Committer ok(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  ASSERT_THAT(ok.Commit(plan_), IsOk());
+  EXPECT_THAT(vm_.bracket, ElementsAre("prepare at depth 0", "after at depth 0"));
+
+  vm_.bracket.clear();
+  constexpr std::uint64_t kOther = kOld + 0x100;
+  vm_.PokeVirt(kOther, kNop5);
+  CommitPlan two = plan_;
+  two.code_writes = {{kOther, kNop5, kJmp, "trampoline of 'other'"}};
+  vm_.fail_code_writes_after = 0;
+  Committer failing(vm_, stacks_, {1, std::chrono::milliseconds(0)});
+  EXPECT_THAT(failing.Commit(two), StatusIs(Code::kInternal, HasSubstr("writing trampoline of 'other'")));
+  EXPECT_THAT(vm_.bracket, ElementsAre("prepare at depth 0", "after at depth 0"));
+}
+
 TEST_F(CommitTest, StepsAreReportedInOrder) {
   plan_.phys_writes = {{0x100000, {1}, "arena"}};
   std::vector<std::string> steps;

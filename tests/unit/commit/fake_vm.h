@@ -72,6 +72,16 @@ class FakeVm : public vmm::Vm {
     return Status::Ok();
   }
   Result<bool> Running() override { return running_; }
+  // The bracket around a pause, recorded in `bracket` with the pause depth it was called at.
+  Status PrepareToPause() override {
+    bracket.push_back("prepare at depth " + std::to_string(depth_));
+    return Status::Ok();
+  }
+  Status AfterResume() override {
+    bracket.push_back("after at depth " + std::to_string(depth_));
+    return Status::Ok();
+  }
+  std::vector<std::string> bracket;
   Status ForceResume() override {
     depth_ = 0;
     running_ = true;
