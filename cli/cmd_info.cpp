@@ -37,6 +37,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
                       {"thread_size", k.thread_size},
                       {"vmcoreinfo_gpa", Hex(k.vmcoreinfo_gpa)},
                       {"vm", s.vm->Describe()},
+                      {"ram_access", s.vm->RamAccess()},
                       {"running", running.ok() && *running}};
   if (vcpus.ok()) {
     j["vcpus"] = nlohmann::json::array();
@@ -62,6 +63,14 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
               k.vmlinux_symbols, k.symbol_source.c_str(), k.modules.size());
   for (const auto& m : k.modules) std::printf(" %s", m.c_str());
   std::printf("\ncpus            %d\n", k.cpus);
+  const std::string ram = s.vm->RamAccess();
+  if (!ram.empty()) {
+    std::printf("guest RAM       %s\n", ram.c_str());
+    if (ram.rfind("mapped", 0) != 0) {
+      std::printf("                (the pause grows with the guest's threads; shared guest RAM is mapped instead:\n"
+                  "                 docs/performance.md)\n");
+    }
+  }
   if (arena.ok()) {
     std::printf("arena           %s, %llu KiB at %s\n", arena->pci_address.c_str(),
                 static_cast<unsigned long long>(arena->size / 1024), Hex(arena->bar_gpa).c_str());

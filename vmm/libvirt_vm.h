@@ -69,6 +69,7 @@ class LibvirtVm final : public Vm {
   // The QEMU UUID, which libvirt sets to the domain's: the same ledger as through qmp:.
   std::string Identity() const override { return qemu_->Identity(); }
   std::string Describe() const override;
+  std::string RamAccess() const override { return qemu_->ram_access(); }
 
   LibvirtDomain& domain() { return *domain_; }
   QemuVm& qemu() { return *qemu_; }

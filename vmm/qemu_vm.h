@@ -143,6 +143,7 @@ class QemuVm final : public Vm {
   const std::vector<HostRange>& host_ram() const { return ram_; }
   // "mapped /proc/PID/map_files/..." or "process_vm_readv (why not mapped)": how RAM is read.
   const std::string& ram_access() const { return ram_access_; }
+  std::string RamAccess() const override { return ram_access_; }
 
  private:
   QemuVm() = default;

@@ -82,6 +82,9 @@ class Vm : public GuestPhysMemory {
   virtual std::string Identity() const = 0;
   // Human-readable name for messages.
   virtual std::string Describe() const = 0;
+  // How hvpatch reads guest RAM, for operators ("mapped /proc/PID/map_files/...", or
+  // "process_vm_readv (why not mapped)"); empty when the backend does not say.
+  virtual std::string RamAccess() const { return ""; }
 };
 
 struct OpenOptions {

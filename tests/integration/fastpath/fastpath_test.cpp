@@ -264,6 +264,7 @@ TEST_F(FastPathTest, SecondCommandUsesTheKallsymsCacheAndADamagedEntryIsRebuilt)
   auto first = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
   ASSERT_EQ(first.exit_code, 0) << first.err;
   EXPECT_THAT(Json(first)["symbol_cache"].get<std::string>(), StartsWith("miss: no cache entry"));
+  EXPECT_THAT(Json(first)["ram_access"].get<std::string>(), StartsWith("mapped /proc/"));
   std::vector<std::string> entries;
   for (const auto& e : std::filesystem::directory_iterator(state + "/cache")) entries.push_back(e.path());
   ASSERT_EQ(entries.size(), 1u);

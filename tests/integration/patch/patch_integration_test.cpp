@@ -288,6 +288,13 @@ TEST_F(PatchIntegrationTest, SampleAppliesAndRevertRestores) {
   ASSERT_NE(entry, 0u);
   EXPECT_EQ(KernelBytes(entry, 5), kFtraceNop);
 
+  // This guest's RAM is QEMU's default anonymous memory: `info` says how it is read, and why
+  // that matters.
+  HvpatchRun info = Hv({"--no-agent", "info", Domain()});
+  ASSERT_EQ(info.exit_code, 0) << Describe(info);
+  EXPECT_THAT(info.out, HasSubstr("guest RAM       process_vm_readv (memory backend 'pc.ram' is anonymous"));
+  EXPECT_THAT(info.out, HasSubstr("shared guest RAM is mapped instead"));
+
   // The dry run passes every check and writes nothing.
   HvpatchRun c = Hv({"check", Domain(), Patch("hvp_sample")});
   ASSERT_EQ(c.exit_code, 0) << Describe(c);
