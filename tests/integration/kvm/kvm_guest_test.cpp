@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -333,7 +334,11 @@ TEST_F(KvmGuestTest, BusyFunctionRefusedThenAppliedWhenIdle) {
   ASSERT_EQ(site.size(), 5u);
   EXPECT_EQ(site[0], 0xe9) << "do_nanosleep does not jump to the new code";
   // The replacement sleeps as long as the original.
-  EXPECT_EQ(Guest("s=$(date +%s); sleep 2; echo $(( $(date +%s) - s ))"), "2\n");
+  // In centiseconds from /proc/uptime (`date +%s` rounds: a 2 s sleep can span 3 second marks).
+  const std::string cs = Guest("a=$(cut -d' ' -f1 /proc/uptime); sleep 2; b=$(cut -d' ' -f1 /proc/uptime); "
+                               "echo $(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))");
+  EXPECT_GE(std::atoi(cs.c_str()), 200) << cs;
+  EXPECT_LT(std::atoi(cs.c_str()), 400) << cs;
   HvpatchRun v = Hv({"revert", Domain(), "hvp_sleep"});
   EXPECT_EQ(v.exit_code, 0) << Describe(v);
   EXPECT_EQ(KernelBytes(entry, 5), kFtraceNop);
