@@ -370,7 +370,7 @@ void GuestKernelStacks::Prepare() {
   hint_regions_ = std::move(*regions);
   hint_by_begin_.reserve(hint_regions_.size());
   for (std::size_t i = 0; i < hint_regions_.size(); ++i) hint_by_begin_.emplace(hint_regions_[i].begin, i);
-  if (!helper_) helper_ = std::make_unique<HelperThread>();
+  if (!helper_ && hint_regions_.size() >= min_shared_) helper_ = std::make_unique<HelperThread>();
 }
 
 Result<StackCheckReport> GuestKernelStacks::Check(const vmm::GuestPhysMemory& mem, const vmm::PagingMode& mode,
