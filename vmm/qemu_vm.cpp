@@ -470,11 +470,7 @@ void QemuVm::Prefetch(std::uint64_t gpa, std::size_t size) const {
 Status QemuVm::Pause() {
   if (pause_depth_ == 0) {
     no_migration_before_pause_ = std::exchange(prepared_no_migration_, false);
-    if (!no_migration_before_pause_) {
-      // Checked in this pause's Resume(), with its own writes.
-      direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
-      unchecked_writes_.clear();
-    }
+    if (!no_migration_before_pause_) TakeUncheckedWrites();  // checked in this pause's Resume()
     bool running = false;
     std::vector<std::vector<std::uint8_t>> regs;
     if (gdb_) {
@@ -498,13 +494,8 @@ Status QemuVm::Pause() {
     (void)qmp_->TakeEvents();  // our STOP, and anything older: nobody reads them
     ForgetPauseState();        // nothing read before this pause may be trusted in it
     if (!regs.empty()) {
-      std::vector<VcpuState> states;
-      for (std::size_t i = 0; i < regs.size(); ++i) {
-        Result<VcpuState> v = DecodeVcpu(static_cast<int>(i), regs[i]);
-        if (!v.ok()) break;  // VcpuStates() reads them again and reports the error
-        states.push_back(*v);
-      }
-      if (states.size() == regs.size()) vcpus_ = std::move(states);
+      // A bad one is left to VcpuStates(), which reads them again and reports the error.
+      if (Result<std::vector<VcpuState>> states = DecodeVcpus(regs); states.ok()) vcpus_ = std::move(*states);
     }
   }
   ++pause_depth_;
@@ -544,16 +535,21 @@ Result<std::pair<bool, std::string>> QemuVm::MigrationUnderWay() {
   return std::make_pair(under_way, std::move(status));
 }
 
+void QemuVm::TakeUncheckedWrites() {
+  direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
+  unchecked_writes_.clear();
+}
+
 Status QemuVm::PrepareToPause() {
   if (pause_depth_ > 0) return Status::Ok();  // only the outermost pause is bracketed
   // Writes of an earlier pause still waiting for their check: this query serves them too.
   HV_ASSIGN_OR_RETURN(auto migration, MigrationUnderWay());
   prepared_no_migration_ = !migration.first;  // taken by the next outermost Pause()
   if (migration.first) {
-    // Marked in the coming pause, with its own writes (MarkDirectWritesForMigration).
-    direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
+    TakeUncheckedWrites();  // marked in the coming pause, with its own writes
+  } else {
+    unchecked_writes_.clear();
   }
-  unchecked_writes_.clear();
   return Status::Ok();
 }
 
@@ -570,8 +566,7 @@ Status QemuVm::AfterResume() {
   }
   HV_RETURN_IF_ERROR(Pause().WithContext("pausing to mark hvpatch's writes for the migration ('" +
                                          migration.second + "')"));
-  direct_writes_.insert(direct_writes_.end(), unchecked_writes_.begin(), unchecked_writes_.end());
-  unchecked_writes_.clear();
+  TakeUncheckedWrites();
   return Resume();  // no_migration_before_pause_ is false: Resume() marks them
 }
 
@@ -599,12 +594,17 @@ Result<std::vector<VcpuState>> QemuVm::VcpuStates() {
   HV_RETURN_IF_ERROR(RequirePaused());
   // All vCPUs in one gdbstub round trip (Hg + g each, pipelined).
   HV_ASSIGN_OR_RETURN(std::vector<std::vector<std::uint8_t>> regs, gdb_->ReadRegistersOf(threads_));
+  HV_ASSIGN_OR_RETURN(std::vector<VcpuState> out, DecodeVcpus(regs));
+  if (pause_depth_ > 0) vcpus_ = out;
+  return out;
+}
+
+Result<std::vector<VcpuState>> QemuVm::DecodeVcpus(const std::vector<std::vector<std::uint8_t>>& regs) const {
   std::vector<VcpuState> out;
   for (std::size_t i = 0; i < regs.size(); ++i) {
     HV_ASSIGN_OR_RETURN(VcpuState v, DecodeVcpu(static_cast<int>(i), regs[i]));
     out.push_back(v);
   }
-  if (pause_depth_ > 0) vcpus_ = out;
   return out;
 }
 

@@ -164,6 +164,8 @@ class QemuVm final : public Vm {
   Result<VcpuState> ReadVcpu(int index);
   // A vCPU's state from its `g` reply, through the register layout of target.xml.
   Result<VcpuState> DecodeVcpu(int index, const std::vector<std::uint8_t>& g) const;
+  // Each `g` reply in vCPU order; the first that does not decode is the error.
+  Result<std::vector<VcpuState>> DecodeVcpus(const std::vector<std::vector<std::uint8_t>>& regs) const;
   // The host range holding [gpa, gpa+len), split by the caller at range ends.
   const HostRange* FindRange(std::uint64_t gpa) const;
   Status HostTransfer(std::uint64_t gpa, std::uint8_t* buf, std::size_t len, bool write) const;
@@ -172,6 +174,8 @@ class QemuVm final : public Vm {
   // Before the vCPUs run: if a migration is in progress, rewrite this pause's direct code
   // writes through the gdbstub so QEMU marks them dirty and sends them (see WriteCode).
   Status MarkDirectWritesForMigration();
+  // Moves the writes waiting for AfterResume()'s check into direct_writes_ (this pause's).
+  void TakeUncheckedWrites();
   // Whether `query-migrate` shows a migration under way, and its status.
   Result<std::pair<bool, std::string>> MigrationUnderWay();
 
