@@ -401,8 +401,7 @@ Result<StackCheckReport> GuestKernelStacks::Check(const vmm::GuestPhysMemory& me
       if (first >= n) return;
       const std::size_t last = std::min(n, first + kChunk);
       for (std::size_t i = first; i < last; ++i) {
-        if (i + 2 * StackScanner::kAhead < last) scanner.PrefetchTranslation(hint_regions_[i + 2 * StackScanner::kAhead]);
-        if (i + StackScanner::kAhead < last) scanner.PrefetchStack(hint_regions_[i + StackScanner::kAhead]);
+        scanner.PrefetchAhead(std::span<const StackRegion>(hint_regions_).first(last), i);
         hits.clear();
         if (!scanner.Scan(hint_regions_[i], hits).ok()) continue;
         state[i] = hits.empty() ? 1 : 2;
@@ -451,7 +450,7 @@ Result<StackCheckReport> GuestKernelStacks::Check(const vmm::GuestPhysMemory& me
         }
       }
     } else {
-      if (k + StackScanner::kAhead < regions->size()) scanner.PrefetchStack((*regions)[k + StackScanner::kAhead]);
+      scanner.PrefetchAhead(*regions, k);
       HV_ASSIGN_OR_RETURN(const std::uint64_t bytes, scanner.Scan(r, report.hits));
       report.bytes_scanned += bytes;
     }

@@ -31,6 +31,12 @@ StackScanner::StackScanner(const vmm::GuestPhysMemory& mem, const vmm::PagingMod
   width_ = hi > lo_ ? hi - lo_ : 0;
 }
 
+void StackScanner::PrefetchAhead(std::span<const StackRegion> regions, std::size_t i) const {
+  if (!hint_) return;
+  if (i + 2 * kAhead < regions.size()) PrefetchTranslation(regions[i + 2 * kAhead]);
+  if (i + kAhead < regions.size()) PrefetchStack(regions[i + kAhead]);
+}
+
 void StackScanner::PrefetchTranslation(const StackRegion& region) const {
   if (hint_) kmem_.PrefetchTranslation(region.begin);
 }
@@ -96,8 +102,7 @@ Result<StackCheckReport> CheckStacks(const vmm::GuestPhysMemory& mem, const vmm:
   std::vector<int> threads;  // tids, counted once at the end
   threads.reserve(regions.size());
   for (std::size_t i = 0; i < regions.size(); ++i) {
-    if (i + 2 * StackScanner::kAhead < regions.size()) scanner.PrefetchTranslation(regions[i + 2 * StackScanner::kAhead]);
-    if (i + StackScanner::kAhead < regions.size()) scanner.PrefetchStack(regions[i + StackScanner::kAhead]);
+    scanner.PrefetchAhead(regions, i);
     const StackRegion& region = regions[i];
     if (region.begin == 0) continue;
     HV_ASSIGN_OR_RETURN(const std::uint64_t n, scanner.Scan(region, report.hits));

@@ -86,11 +86,14 @@ class StackScanner {
   // Appends the hits in `region` to `hits`; returns the bytes scanned (0 for begin == 0).
   // Errors as CheckStacks.
   Result<std::uint64_t> Scan(const StackRegion& region, std::vector<StackHit>& hits);
-  // Hints (nothing read through them is trusted), only where guest RAM is mapped here.
+  // Hints (nothing read through them is trusted), only where guest RAM is mapped here: both
+  // stages for a scan about to reach regions[i], which stops at the end of `regions`.
+  void PrefetchAhead(std::span<const StackRegion> regions, std::size_t i) const;
+
+ private:
   void PrefetchTranslation(const StackRegion& region) const;
   void PrefetchStack(const StackRegion& region) const;
 
- private:
   KernelMemory kmem_;
   std::span<const CodeRange> ranges_;
   bool hint_;
