@@ -22,26 +22,29 @@ void AgentServer::Run() {
     const Status why = ServeSession(*fd);
     std::fprintf(stderr, "hvpatch-agent: session on %s ended: %s\n", channel_->Describe().c_str(),
                  why.ok() ? "host disconnected" : why.message().c_str());
-    channel_->EndSession();
+    // Where the stream goes on, what is buffered stays: it may already be the next host's sync
+    // and request (see VirtioSerialChannel). A stale partial frame of the old host is dropped by
+    // the stale-frame timer, and a sync swallowed by it is found again (RejectLastFrame).
+    if (!channel_->EndSession(why.ok() ? SessionEnd::kHostLeft : SessionEnd::kFailed)) decoder_.Clear();
   }
 }
 
 Status AgentServer::ServeSession(int fd) {
-  FrameDecoder decoder(kMaxRequestPayload);
   const auto send = [&](const pb::Response& response, bool delimited) -> Status {
     std::string payload;
     if (!response.SerializeToString(&payload) || payload.size() > kMaxResponsePayload) {
       return Internal("response to request " + std::to_string(response.id()) + " does not fit a frame");
     }
     const std::string frame = delimited ? EncodeDelimitedFrame(payload) : EncodeFrame(payload);
-    return WriteAll(fd, frame.data(), frame.size(), Deadline::In(options_.write_timeout_ms));
+    return WriteAll(fd, frame.data(), frame.size(), Deadline::In(options_.write_timeout_ms),
+                    [this](const Deadline& d) { return channel_->WaitOutHangup(d); });
   };
   const AgentService::Sink sink = [&](const pb::Response& r) { return send(r, false); };
 
   char buf[64 * 1024];
   for (;;) {
     std::string payload, why;
-    switch (decoder.Next(&payload, &why)) {
+    switch (decoder_.Next(&payload, &why)) {
       case FrameDecoder::Outcome::kFrame: {
         pb::Request request;
         if (!request.ParseFromString(payload) ||
@@ -49,7 +52,7 @@ Status AgentServer::ServeSession(int fd) {
           // Protobuf parses many random byte strings; a Request without a body is garbage too.
           std::fprintf(stderr, "hvpatch-agent: resynchronizing: a %zu-byte frame is not a request\n",
                        payload.size());
-          decoder.RejectLastFrame();
+          decoder_.RejectLastFrame();
           continue;
         }
         if (request.has_sync()) {
@@ -64,23 +67,23 @@ Status AgentServer::ServeSession(int fd) {
       }
       case FrameDecoder::Outcome::kMalformed:
         std::fprintf(stderr, "hvpatch-agent: resynchronizing: %s\n", why.c_str());
-        decoder.SkipToDelimiter();
+        decoder_.SkipToDelimiter();
         continue;
       case FrameDecoder::Outcome::kNeedMore:
         break;
     }
-    const bool partial = decoder.buffered() > 0;
+    const bool partial = decoder_.buffered() > 0;
     auto n = ReadSome(fd, buf, sizeof(buf),
                       partial ? Deadline::In(options_.stale_frame_ms) : Deadline::Infinite());
     if (!n.ok()) {
       if (n.status().code() != Code::kDeadlineExceeded) return n.status();
       std::fprintf(stderr, "hvpatch-agent: dropping a stale partial frame (%zu bytes)\n",
-                   decoder.buffered());
-      decoder.SkipToDelimiter();
+                   decoder_.buffered());
+      decoder_.SkipToDelimiter();
       continue;
     }
     if (*n == 0) return Status::Ok();
-    decoder.Append(buf, *n);
+    decoder_.Append(buf, *n);
   }
 }
 

@@ -4,6 +4,7 @@
 #include "base/status.h"
 #include "guest-agent/agent_service.h"
 #include "guest-agent/channel.h"
+#include "guest-agent/wire_format.h"
 
 namespace hv::agent {
 
@@ -23,13 +24,15 @@ class AgentServer {
   // Serves sessions until the process is killed. Never returns.
   [[noreturn]] void Run();
 
-  // Serves one session on `fd` until end of file or a write failure. Returns why it ended.
+  // Serves one session on `fd` until end of file (Ok) or a read or write failure. Bytes buffered
+  // but not yet framed stay in the decoder for the next session on the same stream.
   Status ServeSession(int fd);
 
  private:
   Channel* channel_;
   AgentService* service_;
   AgentServerOptions options_;
+  FrameDecoder decoder_{kMaxRequestPayload};
 };
 
 }  // namespace hv::agent

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -77,12 +78,12 @@ Result<std::unique_ptr<UnixSocketChannel>> UnixSocketChannel::Listen(const std::
 }
 
 UnixSocketChannel::~UnixSocketChannel() {
-  EndSession();
+  EndSession(SessionEnd::kFailed);
   if (listen_fd_ >= 0) close(listen_fd_);
 }
 
 Result<int> UnixSocketChannel::WaitForHost() {
-  EndSession();
+  EndSession(SessionEnd::kFailed);
   for (;;) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd >= 0) {
@@ -94,14 +95,15 @@ Result<int> UnixSocketChannel::WaitForHost() {
   }
 }
 
-void UnixSocketChannel::EndSession() {
+bool UnixSocketChannel::EndSession(SessionEnd) {
   if (session_fd_ >= 0) close(session_fd_);
   session_fd_ = -1;
+  return false;  // the next connection is a new stream
 }
 
 // ---- VirtioSerialChannel ----
 
-VirtioSerialChannel::~VirtioSerialChannel() { EndSession(); }
+VirtioSerialChannel::~VirtioSerialChannel() { Close(); }
 
 std::string VirtioSerialChannel::Describe() const {
   return "virtio-serial port '" + port_name_ + "'" + (device_.empty() ? "" : " at " + device_);
@@ -164,7 +166,7 @@ Result<int> VirtioSerialChannel::WaitForHost() {
       return ErrnoError("poll on '" + device_ + "'", errno);
     }
     if (p.revents & POLLNVAL) {
-      EndSession();
+      Close();
       continue;
     }
     if (p.revents & POLLHUP) {
@@ -173,11 +175,7 @@ Result<int> VirtioSerialChannel::WaitForHost() {
       // VIRTIO_CONSOLE_PORT_OPEN: send_sigio_to_port). Waiting for that signal answers a host
       // at once instead of up to kRetryPause later (under TCG, a fixed sleep cost every
       // hvpatch command 125 ms on average). kRetryPause stays as the bound: the poll decides.
-      if (sigio_) {
-        WaitForSigio(kRetryPause);
-      } else {
-        IdleWait(kRetryPause);
-      }
+      WaitForHostSignal(kRetryPause);
       continue;
     }
     if (p.revents & POLLIN) return fd_;
@@ -185,7 +183,28 @@ Result<int> VirtioSerialChannel::WaitForHost() {
   }
 }
 
-void VirtioSerialChannel::EndSession() {
+bool VirtioSerialChannel::EndSession(SessionEnd why) {
+  if (why == SessionEnd::kHostLeft && fd_ >= 0) return true;  // see the class comment
+  Close();
+  return false;
+}
+
+bool VirtioSerialChannel::WaitOutHangup(const Deadline& deadline) {
+  const int left = deadline.RemainingMs();
+  if (left == 0 || fd_ < 0) return false;
+  WaitForHostSignal(left < 0 ? kRetryPause : std::min(kRetryPause, std::chrono::milliseconds(left)));
+  return true;
+}
+
+void VirtioSerialChannel::WaitForHostSignal(std::chrono::milliseconds d) const {
+  if (sigio_) {
+    WaitForSigio(d);
+  } else {
+    IdleWait(d);
+  }
+}
+
+void VirtioSerialChannel::Close() {
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "guest-agent/fd_io.h"
 
 namespace hv::agent {
 
@@ -17,6 +18,8 @@ namespace hv::agent {
 // long as no host is connected.
 void IdleWait(std::chrono::milliseconds d);
 
+enum class SessionEnd { kHostLeft, kFailed };
+
 class Channel {
  public:
   virtual ~Channel() = default;
@@ -25,8 +28,13 @@ class Channel {
   // Transient conditions (port not there yet, host not connected) are waited out inside; an error
   // means the channel itself is broken (the caller logs it and retries later).
   virtual Result<int> WaitForHost() = 0;
-  // The session's fd reached end of file or failed: drop it. The next WaitForHost starts over.
-  virtual void EndSession() = 0;
+  // The session ended: the host left (its fd read end of file) or the fd failed. Returns true when
+  // the next WaitForHost continues the same byte stream, so bytes read but not yet framed stay
+  // valid; false when it starts a new stream.
+  virtual bool EndSession(SessionEnd why) = 0;
+  // The session's fd hung up in the middle of a write. Returns true, after a bounded wait, when the
+  // write should go on (the host may be reconnecting), false when the session is over.
+  virtual bool WaitOutHangup(const Deadline& /*deadline*/) { return false; }
   // For logs: "virtio-serial port /dev/vport1p1", "unix socket /tmp/x".
   virtual std::string Describe() const = 0;
 };
@@ -39,7 +47,7 @@ class UnixSocketChannel : public Channel {
   ~UnixSocketChannel() override;
 
   Result<int> WaitForHost() override;
-  void EndSession() override;
+  bool EndSession(SessionEnd why) override;  // closes the connection: false
   std::string Describe() const override { return "unix socket " + path_; }
 
  private:
@@ -60,6 +68,13 @@ class UnixSocketChannel : public Channel {
 // wait-and-recheck loop, never a busy one: the wait ends on the SIGIO the driver sends when the
 // host connects (the port is opened O_ASYNC, SIGIO blocked and taken with sigtimedwait), or after
 // 250 ms where no SIGIO comes.
+//
+// The port stays open when a host leaves. Closing it would throw away input the next host has
+// already sent: the driver discards a port's buffered input on release and drops input that
+// arrives while the port is closed (port_fops_release, in_intr). Its control messages (host
+// connected or not) and its data also travel on different virtqueues, so the next host's first
+// bytes can arrive before the old host's disconnect is seen. A close in that window lost a
+// request the host had sent after a successful sync, and the host waited out its timeout.
 class VirtioSerialChannel : public Channel {
  public:
   VirtioSerialChannel(std::string port_name, std::string sys_root, std::string dev_root)
@@ -67,7 +82,12 @@ class VirtioSerialChannel : public Channel {
   ~VirtioSerialChannel() override;
 
   Result<int> WaitForHost() override;
-  void EndSession() override;
+  // kHostLeft keeps the port open (true); kFailed closes it, to be found and opened again.
+  bool EndSession(SessionEnd why) override;
+  // A write that meets a hangup waits for the host (and then goes to the next host, which skips
+  // what it did not ask for while it syncs): the hangup may be the old host's disconnect, seen
+  // after the next host's sync was already read.
+  bool WaitOutHangup(const Deadline& deadline) override;
   std::string Describe() const override;
 
   // Returns the device path of the port named `port_name`, or kNotFound.
@@ -79,6 +99,10 @@ class VirtioSerialChannel : public Channel {
   std::string sys_root_;
   std::string dev_root_;
   std::string device_;
+  void Close();
+  // Waits up to `d`, less if the host connects (SIGIO).
+  void WaitForHostSignal(std::chrono::milliseconds d) const;
+
   int fd_ = -1;
   bool logged_wait_ = false;
   bool sigio_ = false;  // fd_ raises SIGIO on the host's connect (see WaitForHost)

@@ -66,7 +66,8 @@ Result<size_t> ReadSome(int fd, void* buf, size_t size, const Deadline& deadline
   }
 }
 
-Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline) {
+Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline,
+                const HangupWait& on_hangup) {
   const char* p = static_cast<const char*>(buf);
   bool is_socket = true;
   while (size > 0) {
@@ -89,6 +90,7 @@ Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline) 
     if (revents == 0) return DeadlineExceeded("peer did not accept data within the time limit");
     if (revents & POLLNVAL) return Status(Code::kIo, "write: bad file descriptor");
     if ((revents & (POLLERR | POLLHUP)) && !(revents & POLLOUT)) {
+      if ((revents & POLLHUP) && on_hangup && on_hangup(deadline)) continue;
       return Unavailable("peer closed the connection");
     }
   }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 
 #include "base/status.h"
 
@@ -33,9 +34,15 @@ Status SetNonBlocking(int fd);
 // read error.
 Result<size_t> ReadSome(int fd, void* buf, size_t size, const Deadline& deadline);
 
+// Asked when the fd reports a hangup and cannot take data. Returns true, after waiting as it sees
+// fit, to try the write again: a virtio-serial port hangs up while its host reconnects, and the
+// write goes on to the next host. Returns false to give up.
+using HangupWait = std::function<bool(const Deadline&)>;
+
 // Writes all `size` bytes. kDeadlineExceeded when the peer stopped draining in time (part of the
-// data may have been written), kUnavailable when the peer is gone (EPIPE, ECONNRESET), kIo otherwise.
-// Never raises SIGPIPE on a socket.
-Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline);
+// data may have been written), kUnavailable when the peer is gone (EPIPE, ECONNRESET, or a hangup
+// that `on_hangup` does not wait out), kIo otherwise. Never raises SIGPIPE on a socket.
+Status WriteAll(int fd, const void* buf, size_t size, const Deadline& deadline,
+                const HangupWait& on_hangup = nullptr);
 
 }  // namespace hv::agent

@@ -180,6 +180,38 @@ TEST_F(AgentIntegrationTest, TheAgentSurvivesHostReconnectsWithoutSpinning) {
   EXPECT_EQ(*same, *pid);
 }
 
+// Every hvpatch command is one session: connect, sync, a few requests, close. Back-to-back
+// sessions once lost a request sent right after a good sync (the agent closed and reopened its
+// port on the old host's disconnect, and the driver discards a closing port's input): the host
+// waited out its 10 s call timeout. No session may lose its sync or its request.
+TEST_F(AgentIntegrationTest, BackToBackSessionsLoseNoRequest) {
+  ASSERT_NE(vm_, nullptr);
+  ASSERT_TRUE(ConnectWithin(60));  // the agent is up
+  AgentClientOptions options;
+  options.call_timeout_ms = 5000;
+  constexpr int kSessions = 300;
+  int failed = 0;
+  std::string first_failure;
+  for (int i = 0; i < kSessions; ++i) {
+    LivepatchPatch p;
+    p.name = "hvp_session_" + std::to_string(i);
+    p.enabled = true;
+    p.objects.push_back({"vmlinux", true, {{"meminfo_proc_show", 1}}});
+    auto client = AgentClient::Connect(vm_->agent_path(), options);
+    Status s = client.ok() ? (*client)->PublishState({p}).status() : client.status();
+    if (!s.ok() && failed++ == 0) first_failure = "session " + std::to_string(i) + ": " + s.message();
+  }
+  EXPECT_EQ(failed, 0) << first_failure << "\nguest log: "
+                       << vm_->Run("cat /run/hvpatch-agent.log").value().output;
+  // The last session's state is what the guest shows.
+  auto out = vm_->Check("ls /run/hvpatch/livepatch");
+  ASSERT_THAT(out, IsOk());
+  EXPECT_EQ(*out, "hvp_session_" + std::to_string(kSessions - 1) + "\n");
+  auto client = ConnectWithin(30);
+  ASSERT_TRUE(client);
+  ASSERT_THAT(client->PublishState({}), IsOk());
+}
+
 TEST_F(AgentIntegrationTest, AnAgentKilledMidRequestGivesAClearErrorAndRestarts) {
   ASSERT_NE(vm_, nullptr);
   AgentClientOptions options;
