@@ -5,8 +5,9 @@
 // must not call back into libvirt meanwhile (lab notes): on `started begin` the hook only reads
 // the domain's patch set, then forks a detached child and exits 0 at once. The child waits
 // until the guest kernel can be read (vmcoreinfo), then re-applies the set in stack order,
-// logging to the domain's log in the state directory and to syslog. Nothing here can fail or
-// delay the start: every path exits 0.
+// logging to the domain's log in the state directory and to syslog. On `release end` it removes
+// the arena's backing file (RemoveArenaFile). Nothing here can fail or delay a start or a stop:
+// every path exits 0.
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <syslog.h>
@@ -24,6 +25,7 @@
 #include "cli/module_release.h"
 #include "cli/render.h"
 #include "cli/session.h"
+#include "vmm/libvirt_vm.h"
 #include "vmm/page_walk.h"
 
 namespace hv::cli {
@@ -130,6 +132,23 @@ void Reapply(const GlobalOptions& o, const std::string& domain, const DomainPatc
   }
 }
 
+// `release end`: QEMU is gone. libvirt leaves a <shmem> device's backing file in /dev/shm, even
+// after undefine: 2 MiB of the host's RAM per domain that ever had an arena. Nothing needs its
+// contents now. Save/restore and migration carry the arena in their stream (role='master'), and
+// a new QEMU is another boot whether the file is kept or not (docs/transaction.md, "Boot
+// identity"). Only a file the domain's own XML names is removed.
+void RemoveArenaFile(const GlobalOptions& options, const std::string& domain, const std::string& uuid,
+                     const std::string& xml) {
+  const std::string path = vmm::ArenaShmemPath(uuid);
+  if (path.empty() || xml.find("'hvpatch-arena-" + uuid + "'") == std::string::npos) return;
+  if (unlink(path.c_str()) != 0) return;  // ENOENT: QEMU never created it (a failed start)
+  const std::string line = "hook: domain released; removed its arena file " + path;
+  DomainPatchSet(StateDir(options.state_dir), uuid).Log(line);
+  openlog("hvpatch", LOG_PID, LOG_DAEMON);
+  syslog(LOG_INFO, "domain '%s': %s", domain.c_str(), line.c_str());
+  closelog();
+}
+
 }  // namespace
 
 extern const Command kLibvirtHookCommand;
@@ -142,7 +161,12 @@ static int RunLibvirtHook(const GlobalOptions& options, const std::vector<std::s
     if (n < 0 || xml.size() > kMaxXml) break;
     xml.append(buf, static_cast<std::size_t>(n));
   }
-  if (args.size() < 3 || args[1] != "started" || args[2] != "begin") return kExitOk;
+  if (args.size() < 3) return kExitOk;
+  if (args[1] == "release" && args[2] == "end") {
+    RemoveArenaFile(options, args[0], UuidFromXml(xml), xml);
+    return kExitOk;
+  }
+  if (args[1] != "started" || args[2] != "begin") return kExitOk;
   const std::string domain = args[0];
   const std::string uuid = UuidFromXml(xml);
   if (uuid.empty()) return kExitOk;
@@ -186,6 +210,7 @@ static int RunLibvirtHook(const GlobalOptions& options, const std::vector<std::s
 }
 
 const Command kLibvirtHookCommand = {"libvirt-hook", RunLibvirtHook, "libvirt-hook DOMAIN OP SUBOP EXTRA",
-                                     "run by libvirtd as its qemu hook: re-applies a domain's patch set at start"};
+                                     "run by libvirtd as its qemu hook: re-applies a domain's patch set at start, removes "
+                                     "its arena file at release"};
 
 }  // namespace hv::cli

@@ -1,5 +1,7 @@
 #include "vmm/libvirt_vm.h"
 
+#include <cctype>
+
 #include <unistd.h>
 
 #include <fstream>
@@ -110,6 +112,14 @@ std::string ArenaShmemXml(const std::string& domain_uuid) {
          "  <model type='ivshmem-plain'/>\n"
          "  <size unit='M'>2</size>\n"
          "</shmem>\n";
+}
+
+std::string ArenaShmemPath(const std::string& domain_uuid) {
+  if (domain_uuid.size() != 36) return {};
+  for (char c : domain_uuid) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '-') return {};
+  }
+  return "/dev/shm/hvpatch-arena-" + domain_uuid;
 }
 
 Result<std::unique_ptr<LibvirtVm>> LibvirtVm::Open(const std::string& name_or_uuid, const LibvirtVmOptions& options) {

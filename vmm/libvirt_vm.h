@@ -85,6 +85,9 @@ class LibvirtVm final : public Vm {
 
 // The <shmem> element hvpatch adds to a domain for its arena.
 std::string ArenaShmemXml(const std::string& domain_uuid);
+// The file libvirt backs that <shmem> with: /dev/shm/hvpatch-arena-UUID. Empty unless `domain_uuid`
+// looks like a UUID (hex digits and dashes, 36 characters), so it never names another file.
+std::string ArenaShmemPath(const std::string& domain_uuid);
 
 // The source path of the unix channel whose target is virtio `port_name`, in a domain's XML.
 // Errors: kNotFound. Pure (tested without libvirt).

@@ -238,8 +238,14 @@ TEST_F(LibvirtIntegrationTest, HookReappliesThePatchSetAfterARestart) {
   ASSERT_THAT(without, IsOk());
   EXPECT_FALSE(Patched()) << "patched with no hook installed?";
 
-  // With the hook.
+  // With the hook. At release it removes the arena's /dev/shm file, which libvirt leaves behind.
+  auto uuid = Virsh({"domuuid", name});
+  ASSERT_THAT(uuid, IsOk());
+  const std::string arena_file = "/dev/shm/hvpatch-arena-" + uuid->substr(0, uuid->find('\n'));
+  EXPECT_TRUE(fs::exists(arena_file)) << arena_file;
   ASSERT_THAT(domain_->Destroy(), IsOk());
+  EXPECT_FALSE(fs::exists(arena_file)) << "the hook left " << arena_file << " behind";
+  EXPECT_THAT(ReadFile(set_dir + "/hvpatch.log"), HasSubstr("hook: domain released; removed its arena file " + arena_file));
   const auto t0 = std::chrono::steady_clock::now();
   auto with = domain_->Start();
   ASSERT_THAT(with, IsOk());

@@ -185,7 +185,8 @@ TestDomain::~TestDomain() {
     auto uuid = Virsh({"domuuid", name_}, 60);
     (void)Virsh({"destroy", name_}, 60);
     (void)Virsh({"undefine", name_}, 60);
-    // libvirt leaves a <shmem> device's backing file behind: the arena hvpatch attached.
+    // libvirt leaves a <shmem> device's backing file behind. The hook removes it at release;
+    // this covers a domain that stopped while the hook was moved away.
     if (uuid.ok()) fs::remove("/dev/shm/hvpatch-arena-" + uuid->substr(0, uuid->find('\n')), ec_ignored_);
   }
   if (!dir_.empty() && std::getenv("HVPATCH_KEEP_VM_DIR") == nullptr) {

@@ -66,5 +66,15 @@ TEST(LibvirtXmlTest, ArenaXmlIsAMasterIvshmemOf2MiB) {
   EXPECT_THAT(xml, HasSubstr("<size unit='M'>2</size>"));
 }
 
+// The hook unlinks this path as root, from a UUID in XML it is handed: only a UUID may name it.
+TEST(LibvirtXmlTest, ArenaFileIsNamedOnlyForAUuid) {
+  EXPECT_EQ(ArenaShmemPath("8f2d6c1e-0b3c-4a7e-9d51-2c4b6a8e0f13"),
+            "/dev/shm/hvpatch-arena-8f2d6c1e-0b3c-4a7e-9d51-2c4b6a8e0f13");
+  EXPECT_EQ(ArenaShmemPath(""), "");
+  EXPECT_EQ(ArenaShmemPath("0b3c"), "");
+  EXPECT_EQ(ArenaShmemPath("../../../etc/passwd-0000-0000-000000"), "");
+  EXPECT_EQ(ArenaShmemPath("8f2d6c1e-0b3c-4a7e-9d51-2c4b6a8e0f1/"), "");
+}
+
 }  // namespace
 }  // namespace hv::vmm
