@@ -153,19 +153,40 @@ Result<Vmcoreinfo> Vmcoreinfo::Parse(std::string_view text) {
 }
 
 Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
+  // Where guest RAM is mapped here, the scan loads each page's first byte in place instead of
+  // copying every page (perf, `hvpatch apply` on a 512 MiB guest: the scan went from 14% to
+  // 12% of the command; what is left is one cache and TLB miss per page). A page that passes
+  // the pre-filter is copied before it is parsed, since the guest runs meanwhile.
+  const std::vector<vmm::DirectRange> direct = mem.DirectRam();
+  auto mapped = [&direct](std::uint64_t gpa, std::uint64_t n) -> const std::uint8_t* {
+    for (const vmm::DirectRange& d : direct) {
+      if (gpa >= d.start && gpa - d.start <= d.size && n <= d.size - (gpa - d.start)) return d.data + (gpa - d.start);
+    }
+    return nullptr;
+  };
   std::vector<std::uint8_t> chunk;
+  std::vector<std::uint8_t> page_copy(kPage);
   int candidates = 0;
   Status first_rejection;
   for (const vmm::PhysRange& range : mem.RamRanges()) {
     const std::uint64_t start = (range.start + kPage - 1) & ~(kPage - 1);
     for (std::uint64_t at = start; at + kPage <= range.end(); at += kScanChunk) {
       const std::uint64_t n = std::min(kScanChunk, (range.end() - at) & ~(kPage - 1));
-      chunk.resize(n);
-      HV_RETURN_IF_ERROR(mem.ReadPhys(at, chunk).WithContext("scanning for vmcoreinfo"));
+      const std::uint8_t* base = mapped(at, n);
+      if (base == nullptr) {
+        chunk.resize(n);
+        HV_RETURN_IF_ERROR(mem.ReadPhys(at, chunk).WithContext("scanning for vmcoreinfo"));
+        base = chunk.data();
+      }
       for (std::uint64_t off = 0; off < n; off += kPage) {
-        const std::uint8_t first = chunk[off];
+        const std::uint8_t first = base[off];
         if (first != 'O' && first != 11) continue;  // cheap pre-filter on both shapes
-        std::string_view text = CandidateText(std::span(chunk).subspan(off, kPage));
+        std::span<const std::uint8_t> page(base + off, kPage);
+        if (base != chunk.data()) {
+          std::memcpy(page_copy.data(), page.data(), kPage);
+          page = page_copy;
+        }
+        std::string_view text = CandidateText(page);
         if (text.empty()) continue;
         if (++candidates > kMaxCandidates) {
           return NotFound("no acceptable vmcoreinfo among the first " +

@@ -71,6 +71,27 @@ TEST(VmcoreinfoTest, FindsTheElfNoteCopy) {
   EXPECT_EQ(v->os_release(), "6.1.0");
 }
 
+// Where RAM is mapped, the scan reads it in place; it must find what the copying scan finds,
+// and refuse what it refuses.
+TEST(VmcoreinfoTest, AScanOfMappedRamFindsWhatACopyingScanFinds) {
+  testing::FakeGuestKernel g;
+  std::string stale = g.vmcoreinfo_text();
+  stale.replace(stale.find("6.1.0-fake"), 10, "5.10.0-old");
+  g.mem().Write(0x200000, std::span(reinterpret_cast<const std::uint8_t*>(stale.data()), stale.size()));
+  for (bool direct : {false, true}) {
+    g.mem().set_direct(direct);
+    auto v = Vmcoreinfo::Find(g.mem());
+    ASSERT_THAT(v, IsOk()) << "direct " << direct;
+    EXPECT_EQ(v->found_at(), testing::FakeGuestKernel::kVmcoreinfoPa) << "direct " << direct;
+    EXPECT_EQ(v->os_release(), "6.1.0-fake-amd64") << "direct " << direct;
+  }
+  std::vector<std::uint8_t> zero(4096, 0);
+  g.mem().Write(testing::FakeGuestKernel::kVmcoreinfoPa, zero);
+  g.mem().set_direct(true);
+  EXPECT_THAT(Vmcoreinfo::Find(g.mem()),
+              StatusIs(Code::kNotFound, HasSubstr("candidate at 0x200000: stale copy")));
+}
+
 TEST(VmcoreinfoTest, IgnoresTextThatIsNotAtAPageStart) {
   testing::FakePhysMemory mem(1 << 20);
   const std::string text = "OSRELEASE=6.1.0\n";
