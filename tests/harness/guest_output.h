@@ -18,4 +18,11 @@ inline std::string OutputOrFailure(const Result<std::string>& r) {
   return *r;
 }
 
+// A guest shell command that sleeps 2 s and prints the time it took in centiseconds, from
+// /proc/uptime. (`date +%s` counts second marks, and a 2 s sleep can span 3 of them: that
+// made three suites flaky, one at a time.)
+inline constexpr const char* kSleep2sCentiseconds =
+    "a=$(cut -d' ' -f1 /proc/uptime); sleep 2; b=$(cut -d' ' -f1 /proc/uptime); "
+    "echo $(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))";
+
 }  // namespace hv::testing

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "status_matchers.h"
+#include "tests/harness/guest_output.h"
 #include "tests/harness/kernel_text.h"
 #include "tests/harness/test_vm.h"
 #include "tests/integration/patch/hvpatch_process.h"
@@ -334,9 +335,7 @@ TEST_F(KvmGuestTest, BusyFunctionRefusedThenAppliedWhenIdle) {
   ASSERT_EQ(site.size(), 5u);
   EXPECT_EQ(site[0], 0xe9) << "do_nanosleep does not jump to the new code";
   // The replacement sleeps as long as the original.
-  // In centiseconds from /proc/uptime (`date +%s` rounds: a 2 s sleep can span 3 second marks).
-  const std::string cs = Guest("a=$(cut -d' ' -f1 /proc/uptime); sleep 2; b=$(cut -d' ' -f1 /proc/uptime); "
-                               "echo $(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))");
+  const std::string cs = Guest(testing::kSleep2sCentiseconds);
   EXPECT_GE(std::atoi(cs.c_str()), 200) << cs;
   EXPECT_LT(std::atoi(cs.c_str()), 400) << cs;
   HvpatchRun v = Hv({"revert", Domain(), "hvp_sleep"});

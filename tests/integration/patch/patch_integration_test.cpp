@@ -430,9 +430,7 @@ TEST_F(PatchIntegrationTest, BusyFunctionRefusedThenAppliedWhenIdle) {
   const double slept = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_GE(slept, 1.0);
   EXPECT_LT(slept, 20.0);
-  // In centiseconds from /proc/uptime (`date +%s` rounds: a 2 s sleep can span 3 second marks).
-  const std::string cs = Guest("a=$(cut -d' ' -f1 /proc/uptime); sleep 2; b=$(cut -d' ' -f1 /proc/uptime); "
-                               "echo $(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))");
+  const std::string cs = Guest(testing::kSleep2sCentiseconds);
   EXPECT_GE(std::atoi(cs.c_str()), 200) << cs;
   EXPECT_LT(std::atoi(cs.c_str()), 400) << cs;
 
