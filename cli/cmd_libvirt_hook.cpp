@@ -140,7 +140,7 @@ void Reapply(const GlobalOptions& o, const std::string& domain, const DomainPatc
 void RemoveArenaFile(const GlobalOptions& options, const std::string& domain, const std::string& uuid,
                      const std::string& xml) {
   const std::string path = vmm::ArenaShmemPath(uuid);
-  if (path.empty() || xml.find("'hvpatch-arena-" + uuid + "'") == std::string::npos) return;
+  if (path.empty() || xml.find("'" + vmm::ArenaShmemName(uuid) + "'") == std::string::npos) return;
   if (unlink(path.c_str()) != 0) return;  // ENOENT: QEMU never created it (a failed start)
   const std::string line = "hook: domain released; removed its arena file " + path;
   DomainPatchSet(StateDir(options.state_dir), uuid).Log(line);

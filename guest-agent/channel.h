@@ -95,14 +95,14 @@ class VirtioSerialChannel : public Channel {
                                       const std::string& port_name);
 
  private:
-  std::string port_name_;
-  std::string sys_root_;
-  std::string dev_root_;
-  std::string device_;
   void Close();
   // Waits up to `d`, less if the host connects (SIGIO).
   void WaitForHostSignal(std::chrono::milliseconds d) const;
 
+  std::string port_name_;
+  std::string sys_root_;
+  std::string dev_root_;
+  std::string device_;
   int fd_ = -1;
   bool logged_wait_ = false;
   bool sigio_ = false;  // fd_ raises SIGIO on the host's connect (see WaitForHost)

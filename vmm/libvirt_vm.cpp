@@ -107,19 +107,21 @@ Result<std::string> DomainDirFromCmdline(const std::string& cmdline) {
 std::string ArenaShmemXml(const std::string& domain_uuid) {
   // role='master' is QEMU's master=on: the arena's contents travel with save/restore and
   // migration (without it libvirt leaves master=off, which blocks migration; lab notes).
-  return "<shmem name='hvpatch-arena-" + domain_uuid +
+  return "<shmem name='" + ArenaShmemName(domain_uuid) +
          "' role='master'>\n"
          "  <model type='ivshmem-plain'/>\n"
          "  <size unit='M'>2</size>\n"
          "</shmem>\n";
 }
 
+std::string ArenaShmemName(const std::string& domain_uuid) { return "hvpatch-arena-" + domain_uuid; }
+
 std::string ArenaShmemPath(const std::string& domain_uuid) {
   if (domain_uuid.size() != 36) return {};
   for (char c : domain_uuid) {
     if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '-') return {};
   }
-  return "/dev/shm/hvpatch-arena-" + domain_uuid;
+  return "/dev/shm/" + ArenaShmemName(domain_uuid);
 }
 
 Result<std::unique_ptr<LibvirtVm>> LibvirtVm::Open(const std::string& name_or_uuid, const LibvirtVmOptions& options) {
@@ -200,8 +202,8 @@ Status LibvirtVm::AttachArena() {
         "config has the arena");
   }
   if (options_.note) {
-    options_.note("attached an arena to domain '" + name + "' (ivshmem-plain 2 MiB, <shmem name='hvpatch-arena-" +
-                  domain_->uuid() + "' role='master'>), BAR2 at " + Hex(a->bar_gpa) +
+    options_.note("attached an arena to domain '" + name + "' (ivshmem-plain 2 MiB, <shmem name='" +
+                  ArenaShmemName(domain_->uuid()) + "' role='master'>), BAR2 at " + Hex(a->bar_gpa) +
                   (persistent ? "; also added to its persistent config" : "; the domain is transient"));
   }
   return Status::Ok();

@@ -85,6 +85,8 @@ class LibvirtVm final : public Vm {
 
 // The <shmem> element hvpatch adds to a domain for its arena.
 std::string ArenaShmemXml(const std::string& domain_uuid);
+// The <shmem> device's name: hvpatch-arena-UUID.
+std::string ArenaShmemName(const std::string& domain_uuid);
 // The file libvirt backs that <shmem> with: /dev/shm/hvpatch-arena-UUID. Empty unless `domain_uuid`
 // looks like a UUID (hex digits and dashes, 36 characters), so it never names another file.
 std::string ArenaShmemPath(const std::string& domain_uuid);
