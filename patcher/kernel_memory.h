@@ -66,10 +66,7 @@ class KernelMemory {
   Result<Run> Translate(std::uint64_t va) const;
   // `len` bytes at `gpa` inside one direct range, or nullptr.
   const std::uint8_t* HostOf(std::uint64_t gpa, std::uint64_t len) const {
-    for (const vmm::DirectRange& d : direct_) {
-      if (gpa - d.start < d.size && len <= d.size - (gpa - d.start)) return d.data + (gpa - d.start);
-    }
-    return nullptr;
+    return vmm::DirectHostOf(direct_, gpa, len);
   }
 
   const vmm::GuestPhysMemory& mem_;

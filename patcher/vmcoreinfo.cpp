@@ -158,12 +158,6 @@ Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
   // 12% of the command; what is left is one cache and TLB miss per page). A page that passes
   // the pre-filter is copied before it is parsed, since the guest runs meanwhile.
   const std::vector<vmm::DirectRange> direct = mem.DirectRam();
-  auto mapped = [&direct](std::uint64_t gpa, std::uint64_t n) -> const std::uint8_t* {
-    for (const vmm::DirectRange& d : direct) {
-      if (gpa >= d.start && gpa - d.start <= d.size && n <= d.size - (gpa - d.start)) return d.data + (gpa - d.start);
-    }
-    return nullptr;
-  };
   std::vector<std::uint8_t> chunk;
   std::vector<std::uint8_t> page_copy(kPage);
   int candidates = 0;
@@ -172,7 +166,7 @@ Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
     const std::uint64_t start = (range.start + kPage - 1) & ~(kPage - 1);
     for (std::uint64_t at = start; at + kPage <= range.end(); at += kScanChunk) {
       const std::uint64_t n = std::min(kScanChunk, (range.end() - at) & ~(kPage - 1));
-      const std::uint8_t* base = mapped(at, n);
+      const std::uint8_t* base = vmm::DirectHostOf(direct, at, n);
       if (base == nullptr) {
         chunk.resize(n);
         HV_RETURN_IF_ERROR(mem.ReadPhys(at, chunk).WithContext("scanning for vmcoreinfo"));

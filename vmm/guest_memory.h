@@ -27,6 +27,16 @@ struct DirectRange {
   const std::uint8_t* data = nullptr;
 };
 
+// `len` bytes at `gpa` inside one of `ranges`, as a host pointer; nullptr when they are not all in
+// one range.
+inline const std::uint8_t* DirectHostOf(std::span<const DirectRange> ranges, std::uint64_t gpa,
+                                        std::uint64_t len) {
+  for (const DirectRange& d : ranges) {
+    if (gpa - d.start < d.size && len <= d.size - (gpa - d.start)) return d.data + (gpa - d.start);
+  }
+  return nullptr;
+}
+
 // Guest-physical memory. Every read is bounds-checked against RamRanges(); a read that touches
 // a byte outside them fails with kInvalidArgument naming the address. Guest memory is hostile
 // input: callers must bound what they read.
