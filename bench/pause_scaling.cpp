@@ -226,8 +226,8 @@ int main(int argc, char** argv) {
       Status prim = [&]() -> Status {
         HV_ASSIGN_OR_RETURN(std::vector<hv::vmm::VcpuState> v, vm->VcpuStates());
         const hv::vmm::PagingMode mode{v[0].cr3, v[0].la57(), ((v[0].efer >> 11) & 1) != 0};
-        HV_ASSIGN_OR_RETURN(const hv::patcher::KernelSymbol* f, kernel->FindSymbol("", "cmdline_proc_show"));
-        const std::vector<hv::patcher::CodeRange> busy = {{f->address, f->address + f->size, f->name}};
+        HV_ASSIGN_OR_RETURN(const hv::patcher::KernelSymbol sym, kernel->FindSymbol("", "cmdline_proc_show"));
+        const std::vector<hv::patcher::CodeRange> busy = {{sym.address, sym.address + sym.size, std::string(sym.name)}};
         level.walk_min_ms = level.regions_min_ms = level.check_min_ms = 1e9;
         level.walk_nohint_min_ms = level.check_nohint_min_ms = 1e9;
         const NoHints plain(*vm);

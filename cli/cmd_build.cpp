@@ -57,7 +57,7 @@ static int RunBuild(const GlobalOptions& o, const std::vector<std::string>& args
       std::string map;
       for (const auto& sym : (*session)->kernel->symbols().symbols()) {
         if (!sym.module.empty()) continue;
-        map += Hex(sym.address).substr(2) + " " + sym.type + " " + sym.name + "\n";
+        map += Hex(sym.address).substr(2) + " " + sym.type + " " + std::string(sym.name) + "\n";
       }
       std::error_code ec;
       std::filesystem::create_directories(q.cache_dir, ec);

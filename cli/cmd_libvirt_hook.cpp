@@ -80,7 +80,7 @@ void Reapply(const GlobalOptions& o, const std::string& domain, const DomainPatc
     std::uint32_t state = 0;
     while (true) {
       std::uint8_t raw[4] = {};
-      Status st = vmm::ReadVirt(*(*session)->vm, (*session)->kernel->paging(), (*sym)->address, raw);
+      Status st = vmm::ReadVirt(*(*session)->vm, (*session)->kernel->paging(), sym->address, raw);
       state = static_cast<std::uint32_t>(raw[0] | raw[1] << 8 | raw[2] << 16 | raw[3] << 24);
       if ((st.ok() && state >= 3) || std::chrono::steady_clock::now() > deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(250));

@@ -1,6 +1,7 @@
 #include "cli/kernel_cache_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,11 +20,8 @@ Status CheckKey(const std::string& key) {
   return Status::Ok();
 }
 
-}  // namespace
-
-Result<std::string> KernelCacheFile::Load(const std::string& key) {
-  HV_RETURN_IF_ERROR(CheckKey(key));
-  const std::string path = dir_ + "/" + key + ".bin";
+// An open entry file, checked to be a regular file within the size bound.
+Result<int> OpenEntry(const std::string& path, std::uint64_t* size) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return NotFound("no cache entry '" + path + "'");
@@ -35,7 +33,45 @@ Result<std::string> KernelCacheFile::Load(const std::string& key) {
     return InvalidArgument("cache entry '" + path + "' is not a regular file under " +
                            std::to_string(patcher::kMaxKallsymsCacheBytes) + " bytes");
   }
-  std::string out(static_cast<std::size_t>(st.st_size), '\0');
+  *size = static_cast<std::uint64_t>(st.st_size);
+  return fd;
+}
+
+class MappedEntry : public patcher::KernelCacheStore::Entry {
+ public:
+  MappedEntry(void* at, std::size_t size) : at_(at), size_(size) {}
+  ~MappedEntry() override { munmap(at_, size_); }
+  std::string_view bytes() const override { return std::string_view(static_cast<const char*>(at_), size_); }
+
+ private:
+  void* at_;
+  std::size_t size_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<const patcher::KernelCacheStore::Entry>> KernelCacheFile::Map(const std::string& key) {
+  HV_RETURN_IF_ERROR(CheckKey(key));
+  const std::string path = dir_ + "/" + key + ".bin";
+  std::uint64_t size = 0;
+  HV_ASSIGN_OR_RETURN(const int fd, OpenEntry(path, &size));
+  if (size == 0) {
+    close(fd);
+    return InvalidArgument("cache entry '" + path + "' is empty");
+  }
+  void* at = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (at == MAP_FAILED) return ErrnoError("mapping '" + path + "'", err);
+  return std::shared_ptr<const Entry>(std::make_shared<MappedEntry>(at, size));
+}
+
+Result<std::string> KernelCacheFile::Load(const std::string& key) {
+  HV_RETURN_IF_ERROR(CheckKey(key));
+  const std::string path = dir_ + "/" + key + ".bin";
+  std::uint64_t size = 0;
+  HV_ASSIGN_OR_RETURN(const int fd, OpenEntry(path, &size));
+  std::string out(static_cast<std::size_t>(size), '\0');
   std::size_t done = 0;
   while (done < out.size()) {
     const ssize_t n = read(fd, out.data() + done, out.size() - done);

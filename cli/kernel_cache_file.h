@@ -1,8 +1,11 @@
 // The warm-start cache on the host's disk (patcher/kallsyms_cache.h): one file per key in
 // STATE_DIR/cache/, written to a temp file and renamed into place (a reader sees the old file,
 // the new one, or none; never half of one). No fsync: a lost entry only costs one decode.
+// Map reads an entry in place: a file mapping costs one page fault per 16 pages (the kernel's
+// fault-around), where a copy into the heap costs one per page.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -18,6 +21,9 @@ class KernelCacheFile : public patcher::KernelCacheStore {
   // file over patcher::kMaxKallsymsCacheBytes), kIo.
   Result<std::string> Load(const std::string& key) override;
   Status Save(const std::string& key, std::string_view bytes) override;
+  // The file mapped read-only (MAP_PRIVATE). Entries are replaced by rename, never rewritten in
+  // place, so a mapping keeps the bytes it saw. Errors as Load.
+  Result<std::shared_ptr<const Entry>> Map(const std::string& key) override;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -21,8 +21,8 @@ double Lap(std::chrono::steady_clock::time_point* mark) {
 }
 
 Result<std::uint64_t> SymbolValue(const SymbolTable& table, std::string_view name) {
-  HV_ASSIGN_OR_RETURN(const KernelSymbol* s, table.Find("", name, 0));
-  return s->address;
+  HV_ASSIGN_OR_RETURN(KernelSymbol s, table.Find("", name, 0));
+  return s.address;
 }
 
 // The paging root: init_top_pgt through the kernel's __pa_symbol arithmetic, else vCPU 0's CR3.
@@ -61,24 +61,9 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   const KernelMemory kmem(mem, k->paging_);
   k->timings_.vmcoreinfo_ms = Lap(&mark);
 
-  // vmlinux symbols: kallsyms from memory, else the fallbacks. Symbols decoded from memory
-  // join the table together with the modules' (one index build instead of two); until then
-  // the few symbols needed meanwhile are looked up in the decoded list.
-  std::vector<KernelSymbol> vmlinux;
-  auto value_of = [&](std::string_view name) -> Result<std::uint64_t> {
-    if (vmlinux.empty()) return SymbolValue(k->symbols_, name);
-    const KernelSymbol* found = nullptr;
-    for (const KernelSymbol& s : vmlinux) {
-      if (s.name != name) continue;
-      if (found) {
-        return InvalidArgument("unresolvable ambiguity for symbol '" + std::string(name) +
-                               "' in object 'vmlinux'");
-      }
-      found = &s;
-    }
-    if (!found) return NotFound("symbol '" + std::string(name) + "' in object 'vmlinux' not found");
-    return found->address;
-  };
+  // vmlinux symbols: kallsyms from memory (a table of their own, which the warm-start cache
+  // holds), else the fallbacks. The modules' symbols join later as a second segment.
+  auto value_of = [&](std::string_view name) { return SymbolValue(k->symbols_, name); };
   Status decoded = [&]() -> Status {
     HV_ASSIGN_OR_RETURN(KallsymsLocation where, KallsymsDecoder::Locate(k->vmcoreinfo_));
     HV_ASSIGN_OR_RETURN(KallsymsRaw raw, KallsymsDecoder::ReadRaw(kmem, where));
@@ -86,43 +71,47 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
     const KallsymsCacheKey key{k->vmcoreinfo_.build_id(), k->vmcoreinfo_.kernel_offset(),
                                options.cache ? raw.Digest() : 0};
     const std::string store_key = options.cache ? key.StoreKey() : "";
+    SymbolTable vmlinux;
     bool save = false;
     if (options.cache) {
-      Result<std::vector<KernelSymbol>> cached = NotFound("the build-id is not a usable cache key");
+      Result<SymbolTable> cached = NotFound("the build-id is not a usable cache key");
       if (!store_key.empty()) {
-        Result<std::string> bytes = options.cache->Load(store_key);
-        cached = bytes.ok() ? DecodeKallsymsCache(*bytes, key) : Result<std::vector<KernelSymbol>>(bytes.status());
+        auto entry = options.cache->Map(store_key);
+        cached = entry.ok() ? DecodeKallsymsCache((*entry)->bytes(), *entry, key)
+                            : Result<SymbolTable>(entry.status());
       }
-      if (cached.ok() && !cached->empty()) {
+      if (cached.ok()) {
         vmlinux = std::move(*cached);
         k->symbol_cache_ = "hit";
       } else {
-        k->symbol_cache_ = "miss: " + (cached.ok() ? std::string("empty entry") : cached.status().message());
+        k->symbol_cache_ = "miss: " + cached.status().message();
         save = !store_key.empty();
       }
     }
-    if (vmlinux.empty()) {
-      HV_ASSIGN_OR_RETURN(vmlinux, KallsymsDecoder::Decode(raw.tables()));
+    if (vmlinux.size() == 0) {
+      HV_ASSIGN_OR_RETURN(SymbolList list, KallsymsDecoder::Decode(raw.tables()));
+      if (list.empty()) return InvalidArgument("kallsyms holds no symbols");
+      HV_RETURN_IF_ERROR(vmlinux.AddObject("", std::move(list)));
     }
-    if (vmlinux.empty()) return InvalidArgument("kallsyms holds no symbols");
     // A sanity check that ties the tables to this kernel (and the KASLR offset to both).
     if (auto stext = k->vmcoreinfo_.Symbol("_stext")) {
-      HV_ASSIGN_OR_RETURN(std::uint64_t decoded_stext, value_of("_stext"));
+      HV_ASSIGN_OR_RETURN(std::uint64_t decoded_stext, SymbolValue(vmlinux, "_stext"));
       if (decoded_stext != *stext) {
         return InvalidArgument("kallsyms puts _stext at " + Hex(decoded_stext) +
                                " but vmcoreinfo says " + Hex(*stext));
       }
     }
-    k->symbol_source_ = "guest memory (kallsyms)";
     if (save) {
       // Best effort: a read-only state directory only costs the next run a decode.
-      Status saved = options.cache->Save(store_key, EncodeKallsymsCache(key, vmlinux));
+      Result<std::string> bytes = EncodeKallsymsCache(key, vmlinux);
+      Status saved = bytes.ok() ? options.cache->Save(store_key, *bytes) : bytes.status();
       if (!saved.ok()) k->symbol_cache_ += " (not saved: " + saved.message() + ")";
     }
+    k->symbols_ = std::move(vmlinux);
+    k->symbol_source_ = "guest memory (kallsyms)";
     return Status::Ok();
   }();
   if (!decoded.ok()) {
-    vmlinux.clear();
     if (!options.agent_kallsyms.empty()) {
       Result<SymbolTable> t = ParseKallsymsText(options.agent_kallsyms);
       if (!t.ok()) return t.status().WithContext("parsing the agent's kallsyms");
@@ -164,7 +153,6 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
     if (!mods.ok()) return mods.status().WithContext("reading modules");
     k->modules_ = std::move(*mods);
     std::vector<SymbolTable::ObjectSymbols> batch;
-    if (!vmlinux.empty()) batch.push_back({"", std::move(vmlinux), std::nullopt});
     if (k->symbols_.modules().empty()) {
       for (const GuestModule& m : k->modules_) {
         std::optional<std::uint64_t> end;
@@ -202,7 +190,8 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
 
 Result<ResolvedSymbol> GuestKernel::Resolve(std::string_view name, std::string_view object,
                                             std::uint64_t sympos) const {
-  auto to_resolved = [&](const KernelSymbol* s) {
+  auto to_resolved = [&](const KernelSymbol& sym) {
+    const KernelSymbol* s = &sym;
     ResolvedSymbol r;
     r.address = s->address;
     r.size = s->size;
@@ -216,14 +205,14 @@ Result<ResolvedSymbol> GuestKernel::Resolve(std::string_view name, std::string_v
   const auto pos = static_cast<std::uint32_t>(sympos);
   if (!object.empty()) {
     const std::string_view module = object == "vmlinux" ? std::string_view() : object;
-    HV_ASSIGN_OR_RETURN(const KernelSymbol* s, symbols_.Find(module, name, pos));
+    HV_ASSIGN_OR_RETURN(KernelSymbol s, symbols_.Find(module, name, pos));
     return to_resolved(s);
   }
-  Result<const KernelSymbol*> s = symbols_.Find("", name, pos);
+  Result<KernelSymbol> s = symbols_.Find("", name, pos);
   if (s.ok()) return to_resolved(*s);
   if (s.status().code() != Code::kNotFound) return s.status();
   for (const std::string& m : symbols_.modules()) {
-    Result<const KernelSymbol*> in_module = symbols_.Find(m, name, pos);
+    Result<KernelSymbol> in_module = symbols_.Find(m, name, pos);
     if (in_module.ok()) return to_resolved(*in_module);
     if (in_module.status().code() != Code::kNotFound) return in_module.status();
   }

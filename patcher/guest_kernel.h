@@ -94,11 +94,11 @@ class GuestKernel : public SymbolResolver {
   const TaskSnapshot& initial_tasks() const { return initial_tasks_; }
 
   // Livepatch-style lookup; see SymbolTable::Find.
-  Result<const KernelSymbol*> FindSymbol(std::string_view module, std::string_view name,
+  Result<KernelSymbol> FindSymbol(std::string_view module, std::string_view name,
                                          std::uint32_t sympos = 0) const {
     return symbols_.Find(module, name, sympos);
   }
-  Result<const KernelSymbol*> SymbolAt(std::uint64_t address) const {
+  Result<KernelSymbol> SymbolAt(std::uint64_t address) const {
     return symbols_.FindByAddress(address);
   }
 

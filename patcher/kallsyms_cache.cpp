@@ -8,44 +8,58 @@
 namespace hv::patcher {
 namespace {
 
-constexpr char kMagic[8] = {'H', 'V', 'K', 'S', 'Y', 'M', 'C', '1'};
+constexpr char kMagic[8] = {'H', 'V', 'K', 'S', 'Y', 'M', 'C', '2'};
 constexpr std::size_t kMaxBuildId = 128;
 
-std::uint64_t Checksum(std::string_view b) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : b) h = (h ^ c) * 0x100000001b3ull;
-  return h;
+// The entry: this header, then the table's image (SymbolTable::Image). 176 bytes, so the image
+// stays 8-byte aligned in a mapping.
+struct Header {
+  char magic[8];
+  std::uint32_t build_id_length;
+  std::uint32_t reserved;
+  char build_id[kMaxBuildId];
+  std::uint64_t kaslr_offset;
+  std::uint64_t tables_digest;
+  std::uint64_t image_bytes;
+  std::uint64_t checksum;  // of the header (this field zero) and the image
+};
+static_assert(sizeof(Header) % 8 == 0);
+
+// A 64-bit FNV-1a over 8-byte words: it tells a torn or damaged file, at memory speed (the
+// entry is ~6 MB, read whole on every warm start).
+std::uint64_t Checksum(const Header& h, std::string_view image) {
+  std::uint64_t sum = 0xcbf29ce484222325ull;
+  auto mix = [&](std::string_view b) {
+    std::size_t i = 0;
+    for (; i + 8 <= b.size(); i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, b.data() + i, 8);
+      sum = (sum ^ w) * 0x100000001b3ull;
+    }
+    for (; i < b.size(); ++i) sum = (sum ^ static_cast<unsigned char>(b[i])) * 0x100000001b3ull;
+  };
+  Header zeroed = h;
+  zeroed.checksum = 0;
+  mix(std::string_view(reinterpret_cast<const char*>(&zeroed), sizeof(zeroed)));
+  mix(image);
+  return sum;
 }
 
-void Put(std::string& out, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-// A bounds-checked little-endian reader over untrusted bytes.
-class Reader {
+class CopiedEntry : public KernelCacheStore::Entry {
  public:
-  explicit Reader(std::string_view b) : b_(b) {}
-  bool Get(int bytes, std::uint64_t* v) {
-    if (b_.size() - pos_ < static_cast<std::size_t>(bytes)) return false;
-    *v = 0;
-    for (int i = 0; i < bytes; ++i) *v |= std::uint64_t{static_cast<unsigned char>(b_[pos_ + i])} << (8 * i);
-    pos_ += static_cast<std::size_t>(bytes);
-    return true;
-  }
-  bool Take(std::size_t n, std::string_view* s) {
-    if (b_.size() - pos_ < n) return false;
-    *s = b_.substr(pos_, n);
-    pos_ += n;
-    return true;
-  }
-  std::size_t pos() const { return pos_; }
+  explicit CopiedEntry(std::string bytes) : bytes_(std::move(bytes)) {}
+  std::string_view bytes() const override { return bytes_; }
 
  private:
-  std::string_view b_;
-  std::size_t pos_ = 0;
+  std::string bytes_;  // operator new's alignment: 16 bytes
 };
 
 }  // namespace
+
+Result<std::shared_ptr<const KernelCacheStore::Entry>> KernelCacheStore::Map(const std::string& key) {
+  HV_ASSIGN_OR_RETURN(std::string bytes, Load(key));
+  return std::shared_ptr<const Entry>(std::make_shared<CopiedEntry>(std::move(bytes)));
+}
 
 std::string KallsymsCacheKey::StoreKey() const {
   if (build_id.empty() || build_id.size() > kMaxBuildId) return "";
@@ -55,72 +69,53 @@ std::string KallsymsCacheKey::StoreKey() const {
   return "kallsyms-" + build_id + "-" + Hex(kaslr_offset).substr(2);
 }
 
-std::string EncodeKallsymsCache(const KallsymsCacheKey& key, std::span<const KernelSymbol> symbols) {
-  std::string out(kMagic, sizeof(kMagic));
-  Put(out, key.build_id.size(), 2);
-  out += key.build_id;
-  Put(out, key.kaslr_offset, 8);
-  Put(out, key.tables_digest, 8);
-  Put(out, symbols.size(), 4);
-  for (const KernelSymbol& s : symbols) {
-    Put(out, s.address, 8);
-    out.push_back(s.type);
-    Put(out, s.name.size(), 2);
-    out += s.name;
-  }
-  Put(out, Checksum(out), 8);
+Result<std::string> EncodeKallsymsCache(const KallsymsCacheKey& key, const SymbolTable& vmlinux) {
+  if (key.build_id.size() > kMaxBuildId) return InvalidArgument("a build-id over 128 characters");
+  HV_ASSIGN_OR_RETURN(std::string image, vmlinux.Image());
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof(kMagic));
+  h.build_id_length = static_cast<std::uint32_t>(key.build_id.size());
+  std::memcpy(h.build_id, key.build_id.data(), key.build_id.size());
+  h.kaslr_offset = key.kaslr_offset;
+  h.tables_digest = key.tables_digest;
+  h.image_bytes = image.size();
+  h.checksum = Checksum(h, image);
+  std::string out(reinterpret_cast<const char*>(&h), sizeof(h));
+  out += image;
   return out;
 }
 
-Result<std::vector<KernelSymbol>> DecodeKallsymsCache(std::string_view bytes, const KallsymsCacheKey& expected) {
+Result<SymbolTable> DecodeKallsymsCache(std::string_view bytes, std::shared_ptr<const void> owner,
+                                        const KallsymsCacheKey& expected) {
   auto bad = [](const std::string& what) { return InvalidArgument("kallsyms cache entry: " + what); };
   if (bytes.size() > kMaxKallsymsCacheBytes) return bad("larger than " + std::to_string(kMaxKallsymsCacheBytes) + " bytes");
-  if (bytes.size() < sizeof(kMagic) + 8 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
-    return bad("no HVKSYMC1 magic");
+  Header h;
+  if (bytes.size() < sizeof(h) || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return bad("no HVKSYMC2 magic");
   }
-  const std::string_view body = bytes.substr(0, bytes.size() - 8);
-  Reader tail(bytes.substr(bytes.size() - 8));
-  std::uint64_t sum = 0;
-  tail.Get(8, &sum);
-  if (sum != Checksum(body)) return bad("checksum mismatch (corrupt or truncated)");
-
-  Reader r(body.substr(sizeof(kMagic)));
-  std::uint64_t id_len = 0, kaslr = 0, digest = 0, count = 0;
-  std::string_view build_id;
-  if (!r.Get(2, &id_len) || id_len > kMaxBuildId || !r.Take(id_len, &build_id) || !r.Get(8, &kaslr) ||
-      !r.Get(8, &digest) || !r.Get(4, &count)) {
-    return bad("truncated header");
+  std::memcpy(&h, bytes.data(), sizeof(h));
+  const std::string_view image = bytes.substr(sizeof(h));
+  if (h.build_id_length > kMaxBuildId || h.image_bytes != image.size()) {
+    return bad("truncated (" + std::to_string(image.size()) + " bytes of table)");
   }
+  if (h.checksum != Checksum(h, image)) return bad("checksum mismatch (corrupt or truncated)");
+  const std::string_view build_id(h.build_id, h.build_id_length);
   if (build_id != expected.build_id) {
     return FailedPrecondition("kallsyms cache entry is for build-id '" + std::string(build_id) + "', not '" +
                               expected.build_id + "'");
   }
-  if (kaslr != expected.kaslr_offset) {
-    return FailedPrecondition("kallsyms cache entry is for KASLR offset " + Hex(kaslr) + ", not " +
+  if (h.kaslr_offset != expected.kaslr_offset) {
+    return FailedPrecondition("kallsyms cache entry is for KASLR offset " + Hex(h.kaslr_offset) + ", not " +
                               Hex(expected.kaslr_offset));
   }
-  if (digest != expected.tables_digest) {
-    return FailedPrecondition("kallsyms cache entry was decoded from other kallsyms tables (digest " + Hex(digest) +
-                              ", guest memory has " + Hex(expected.tables_digest) + ")");
+  if (h.tables_digest != expected.tables_digest) {
+    return FailedPrecondition("kallsyms cache entry was decoded from other kallsyms tables (digest " +
+                              Hex(h.tables_digest) + ", guest memory has " + Hex(expected.tables_digest) + ")");
   }
-  if (count > KallsymsDecoder::kMaxSymbols) return bad(std::to_string(count) + " symbols exceed the limit");
-  std::vector<KernelSymbol> out;
-  out.reserve(static_cast<std::size_t>(count));
-  for (std::uint64_t i = 0; i < count; ++i) {
-    std::uint64_t address = 0, type = 0, len = 0;
-    std::string_view name;
-    if (!r.Get(8, &address) || !r.Get(1, &type) || !r.Get(2, &len) || len == 0 ||
-        len > KallsymsDecoder::kMaxNameLength || !r.Take(len, &name)) {
-      return bad("symbol " + std::to_string(i) + " is truncated or has a bad name length");
-    }
-    KernelSymbol s;
-    s.name = std::string(name);
-    s.address = address;
-    s.type = static_cast<char>(type);
-    out.push_back(std::move(s));
-  }
-  if (r.pos() != body.size() - sizeof(kMagic)) return bad("trailing bytes after " + std::to_string(count) + " symbols");
-  return out;
+  Result<SymbolTable> t = SymbolTable::FromImage(image, std::move(owner));
+  if (!t.ok()) return bad(t.status().message());
+  if (t->size() > KallsymsDecoder::kMaxSymbols) return bad(std::to_string(t->size()) + " symbols exceed the limit");
+  return t;
 }
 
 }  // namespace hv::patcher

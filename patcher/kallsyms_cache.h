@@ -5,13 +5,18 @@
 // Validated on use, never trusted: the entry records a digest of the raw kallsyms tables it was
 // decoded from (KallsymsRaw::Digest), and Build reads the tables from guest memory again (about
 // 1.5 MB, a few milliseconds) and uses the entry only when the digests match. Decode is
-// deterministic, so a matching entry holds exactly what decoding would produce; what is saved is
-// only the decode (~87k names) itself. The file is untrusted input too: every length is bounded,
-// the whole content is checksummed, and any mismatch falls back to decoding.
+// deterministic, so a matching entry holds exactly what decoding would produce.
+//
+// What is saved is the finished vmlinux symbol table (SymbolTable::Image: records, names, name
+// index, address order), and the warm start reads it in place from a file mapping: no decode,
+// no index build, and no anonymous memory to fault in, which on some hosts costs more than the
+// work itself (bench/README.md, "Sixth session"). The file is untrusted input too: the whole
+// content is checksummed, every offset, length and index is bounds-checked before use
+// (SymbolTable::FromImage), and any mismatch falls back to decoding.
 #pragma once
 
 #include <cstdint>
-#include <span>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,10 +29,19 @@ namespace hv::patcher {
 // Where entries live. patcher/ does no I/O; the CLI gives a file-backed store.
 class KernelCacheStore {
  public:
+  // An entry's bytes, readable (and 8-byte aligned) as long as the object lives.
+  class Entry {
+   public:
+    virtual ~Entry() = default;
+    virtual std::string_view bytes() const = 0;
+  };
+
   virtual ~KernelCacheStore() = default;
   // The bytes saved under `key`; kNotFound when there are none.
   virtual Result<std::string> Load(const std::string& key) = 0;
   virtual Status Save(const std::string& key, std::string_view bytes) = 0;
+  // The entry read in place where the store can (a file mapping); by default a copy from Load.
+  virtual Result<std::shared_ptr<const Entry>> Map(const std::string& key);
 };
 
 struct KallsymsCacheKey {
@@ -42,12 +56,15 @@ struct KallsymsCacheKey {
 
 inline constexpr std::size_t kMaxKallsymsCacheBytes = 256u << 20;
 
-// Serializes `symbols` (vmlinux, in kallsyms order: name, address, type) under `key`.
-std::string EncodeKallsymsCache(const KallsymsCacheKey& key, std::span<const KernelSymbol> symbols);
+// Serializes `vmlinux` (a table of vmlinux alone, as decoded) under `key`. Errors: as
+// SymbolTable::Image, or kInvalidArgument for a build-id over 128 characters.
+Result<std::string> EncodeKallsymsCache(const KallsymsCacheKey& key, const SymbolTable& vmlinux);
 
-// Parses an entry and checks it against `expected`. Errors: kInvalidArgument for a malformed
-// or corrupt entry (bad magic, a length out of bounds, truncation, trailing bytes, checksum);
+// Checks an entry against `expected` and returns the table it holds, read in place: `owner`
+// keeps `bytes` alive for the table's life. Errors: kInvalidArgument for a malformed or corrupt
+// entry (bad magic, truncation, checksum, anything SymbolTable::FromImage refuses);
 // kFailedPrecondition naming the field when it is for another build-id, KASLR offset or tables.
-Result<std::vector<KernelSymbol>> DecodeKallsymsCache(std::string_view bytes, const KallsymsCacheKey& expected);
+Result<SymbolTable> DecodeKallsymsCache(std::string_view bytes, std::shared_ptr<const void> owner,
+                                        const KallsymsCacheKey& expected);
 
 }  // namespace hv::patcher

@@ -120,13 +120,13 @@ Result<KallsymsRaw> KallsymsDecoder::ReadRaw(const KernelMemory& mem, const Kall
   return t;
 }
 
-Result<std::vector<KernelSymbol>> KallsymsDecoder::Read(const KernelMemory& mem,
+Result<SymbolList> KallsymsDecoder::Read(const KernelMemory& mem,
                                                         const KallsymsLocation& where) {
   HV_ASSIGN_OR_RETURN(KallsymsRaw raw, ReadRaw(mem, where));
   return Decode(raw.tables());
 }
 
-Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& t) {
+Result<SymbolList> KallsymsDecoder::Decode(const KallsymsTables& t) {
   if (t.num_syms > kMaxSymbols) {
     return InvalidArgument("kallsyms_num_syms " + std::to_string(t.num_syms) +
                            " exceeds the limit of " + std::to_string(kMaxSymbols));
@@ -170,9 +170,9 @@ Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& 
     }
   }
 
-  std::vector<KernelSymbol> out;
-  // Headroom for the modules' symbols, which join the same table (SymbolTable::AddObjects).
-  out.reserve(t.num_syms + t.num_syms / 8);
+  SymbolList out;
+  // Names average under 20 bytes; the buffer grows if they do not.
+  out.Reserve(t.num_syms, 20 * static_cast<std::size_t>(t.num_syms));
   std::string text;
   std::size_t pos = 0;
   for (std::uint32_t i = 0; i < t.num_syms; ++i) {
@@ -205,23 +205,21 @@ Result<std::vector<KernelSymbol>> KallsymsDecoder::Decode(const KallsymsTables& 
     pos += len;
     if (text.size() < 2) continue;  // a type with no name: /proc/kallsyms does not show it
 
-    KernelSymbol s;
-    s.type = text[0];
-    s.name = text.substr(1);
+    std::uint64_t address = 0;
     if (base_relative) {
       std::int32_t off;
       std::memcpy(&off, values.data() + 4 * i, 4);
       if (!absolute_percpu) {
-        s.address = t.relative_base + static_cast<std::uint32_t>(off);
+        address = t.relative_base + static_cast<std::uint32_t>(off);
       } else if (off >= 0) {
-        s.address = static_cast<std::uint64_t>(off);
+        address = static_cast<std::uint64_t>(off);
       } else {
-        s.address = t.relative_base - 1 - static_cast<std::uint64_t>(static_cast<std::int64_t>(off));
+        address = t.relative_base - 1 - static_cast<std::uint64_t>(static_cast<std::int64_t>(off));
       }
     } else {
-      std::memcpy(&s.address, values.data() + 8 * i, 8);
+      std::memcpy(&address, values.data() + 8 * i, 8);
     }
-    out.push_back(std::move(s));
+    out.Add(std::string_view(text).substr(1), address, text[0]);
   }
   return out;
 }

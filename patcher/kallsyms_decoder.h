@@ -77,7 +77,7 @@ class KallsymsDecoder {
 
   // Copies the tables out of guest memory and decodes them. Errors: read errors with the table
   // named in the context; everything Decode returns.
-  static Result<std::vector<KernelSymbol>> Read(const KernelMemory& mem,
+  static Result<SymbolList> Read(const KernelMemory& mem,
                                                 const KallsymsLocation& where);
   // Only the copy: Read is ReadRaw + Decode. Errors as Read's read errors and bounds.
   static Result<KallsymsRaw> ReadRaw(const KernelMemory& mem, const KallsymsLocation& where);
@@ -86,7 +86,7 @@ class KallsymsDecoder {
   // (kInvalidArgument): num_syms over kMaxSymbols, a token index outside the token table, a token
   // without NUL, names truncated at symbol N, an empty symbol, a name over kMaxNameLength,
   // offsets/addresses shorter than num_syms.
-  static Result<std::vector<KernelSymbol>> Decode(const KallsymsTables& tables);
+  static Result<SymbolList> Decode(const KallsymsTables& tables);
 };
 
 }  // namespace hv::patcher

@@ -159,18 +159,13 @@ Result<GuestModule> ModuleReader::ReadOne(const KernelMemory& mem, std::uint64_t
     const std::uint32_t st_name = Load<std::uint32_t>(s);
     const std::uint16_t shndx = Load<std::uint16_t>(s + 6);
     if (shndx == kShnUndef || st_name == 0) continue;
-    KernelSymbol sym;
     Result<std::string> n = mem.ReadCString(*strtab + st_name, kMaxSymbolName);
     if (!n.ok()) return ctx(n.status().WithContext("reading the name of symbol " + std::to_string(i)));
     if (n->empty()) continue;
-    sym.name = std::move(*n);
-    sym.address = Load<std::uint64_t>(s + 8);
-    sym.type = static_cast<char>(types[i]);
-    if (exported.count({sym.name, sym.address})) {
-      sym.type = static_cast<char>(std::toupper(static_cast<unsigned char>(sym.type)));
-    }
-    sym.module = m.name;
-    m.symbols.push_back(std::move(sym));
+    const std::uint64_t address = Load<std::uint64_t>(s + 8);
+    char type = static_cast<char>(types[i]);
+    if (exported.count({*n, address})) type = static_cast<char>(std::toupper(static_cast<unsigned char>(type)));
+    m.symbols.Add(*n, address, type);
   }
   return m;
 }

@@ -39,7 +39,7 @@ struct GuestModule {
   std::string name;
   std::uint64_t address = 0;  // struct module
   std::uint64_t core_base = 0, core_size = 0;
-  std::vector<KernelSymbol> symbols;  // symtab order, defined and named ones only
+  SymbolList symbols;  // symtab order, defined and named ones only
 };
 
 class ModuleReader {

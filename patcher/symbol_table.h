@@ -10,9 +10,19 @@
 // Sizes are bounded by the next symbol: size = (next higher address in the same object) -
 // address; the highest symbol of an object gets the object's end when it is known, else 0, and
 // so does the highest per-cpu value (it is not bounded by the first kernel-image address).
+//
+// Storage: each batch of objects added together is a segment of 32-byte records, one buffer of
+// names and its own indexes, built once and never changed (GuestKernel adds vmlinux, then the
+// modules: two segments). Lookups visit the segments in order and answer as one table would. A
+// segment of vmlinux alone has a flat image (Image/FromImage) that the warm-start cache keeps
+// and reads in place. Symbols are handed out by value, with views of the table's names.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <iterator>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,34 +32,117 @@
 
 namespace hv::patcher {
 
+// One symbol as the table answers it. The views point into the table (or list) it came from and
+// stay valid as long as that lives.
 struct KernelSymbol {
-  std::string name;
+  std::string_view name;
   std::uint64_t address = 0;
   std::uint64_t size = 0;
   char type = '?';           // nm-style type letter as /proc/kallsyms shows it
   std::uint32_t sympos = 0;  // 1-based position among symbols of this name in this object
-  std::string module;        // empty for vmlinux
+  std::string_view module;   // empty for vmlinux
+};
+
+// How a symbol is stored: 32 bytes, its name an offset into one buffer of names. A vmlinux has
+// ~90k symbols; a std::string and a heap block per name cost more in page faults than decoding
+// them does (bench/README.md, "Sixth session").
+struct SymbolRecord {
+  std::uint64_t address = 0;
+  std::uint64_t size = 0;
+  std::uint32_t name_offset = 0;
+  std::uint16_t name_length = 0;
+  char type = '?';
+  std::uint8_t reserved = 0;
+  std::uint32_t sympos = 0;
+  std::uint32_t object = 0;  // index among its segment's objects
+};
+static_assert(sizeof(SymbolRecord) == 32);
+
+// A random-access range over anything with size() and at(i) returning a KernelSymbol by value.
+template <typename Owner>
+class SymbolRange {
+ public:
+  class iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = KernelSymbol;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = KernelSymbol;
+    iterator(const Owner* o, std::size_t i) : o_(o), i_(i) {}
+    KernelSymbol operator*() const { return o_->at(i_); }
+    iterator& operator++() { ++i_; return *this; }
+    iterator operator++(int) { iterator t = *this; ++i_; return t; }
+    bool operator==(const iterator& b) const { return i_ == b.i_; }
+    bool operator!=(const iterator& b) const { return i_ != b.i_; }
+   private:
+    const Owner* o_;
+    std::size_t i_;
+  };
+  explicit SymbolRange(const Owner* o) : o_(o) {}
+  iterator begin() const { return {o_, 0}; }
+  iterator end() const { return {o_, o_->size()}; }
+  std::size_t size() const { return o_->size(); }
+  bool empty() const { return o_->size() == 0; }
+  KernelSymbol operator[](std::size_t i) const { return o_->at(i); }
+  KernelSymbol front() const { return o_->at(0); }
+  KernelSymbol back() const { return o_->at(o_->size() - 1); }
+
+ private:
+  const Owner* o_;
+};
+
+// One object's symbols as they are collected (kallsyms order), before they join a table: names
+// packed in one buffer. Sizes and sympos are the table's to compute (0 here).
+class SymbolList {
+ public:
+  SymbolList() = default;
+  // Copies names (tests, small lists).
+  SymbolList(std::initializer_list<KernelSymbol> symbols);
+  explicit SymbolList(const std::vector<KernelSymbol>& symbols);
+
+  void Reserve(std::size_t symbols, std::size_t name_bytes);
+  // Names longer than 65535 bytes are cut (no kernel name comes near: KSYM_NAME_LEN is 512).
+  void Add(std::string_view name, std::uint64_t address, char type);
+  std::size_t size() const { return records_.size(); }
+  bool empty() const { return records_.empty(); }
+  KernelSymbol at(std::size_t i) const;
+  KernelSymbol operator[](std::size_t i) const { return at(i); }
+  SymbolRange<SymbolList>::iterator begin() const { return {this, 0}; }
+  SymbolRange<SymbolList>::iterator end() const { return {this, size()}; }
+
+ private:
+  friend class SymbolTable;
+  std::vector<SymbolRecord> records_;
+  std::vector<char> names_;
 };
 
 class SymbolTable {
  public:
+  SymbolTable();
+  ~SymbolTable();
+  SymbolTable(SymbolTable&&) noexcept;
+  SymbolTable& operator=(SymbolTable&&) noexcept;
+
   // Adds one object's symbols (in kallsyms order) and computes their sympos and sizes.
   // `end`, when known, bounds the size of the object's highest symbol. `module` is empty for
   // vmlinux. Errors: kInvalidArgument if the object was already added.
-  Status AddObject(std::string_view module, std::vector<KernelSymbol> symbols,
+  Status AddObject(std::string_view module, SymbolList symbols,
                    std::optional<std::uint64_t> end = std::nullopt);
 
-  // Several objects at once (the indexes are rebuilt once). Same errors as AddObject; on error
-  // the table is unchanged.
+  // Several objects at once (one segment, indexed once). Same errors as AddObject; on error the
+  // table is unchanged.
   struct ObjectSymbols {
     std::string module;
-    std::vector<KernelSymbol> symbols;
+    SymbolList symbols;
     std::optional<std::uint64_t> end;
   };
   Status AddObjects(std::vector<ObjectSymbols> objects);
 
-  const std::vector<KernelSymbol>& symbols() const { return symbols_; }
-  std::size_t size() const { return symbols_.size(); }
+  // Every symbol in table order: objects in the order added, kallsyms order within each.
+  SymbolRange<SymbolTable> symbols() const { return SymbolRange<SymbolTable>(this); }
+  std::size_t size() const { return size_; }
+  KernelSymbol at(std::size_t i) const;
   // Module names in the order added (vmlinux excluded).
   std::vector<std::string> modules() const;
   // Number of symbols of one object ("" for vmlinux).
@@ -58,34 +151,29 @@ class SymbolTable {
   // Livepatch-style lookup of `name` in `module` ("" = vmlinux). Errors:
   //   kNotFound         no such symbol, or fewer than `sympos` occurrences
   //   kInvalidArgument  sympos 0 and the name is not unique (the message gives the count)
-  Result<const KernelSymbol*> Find(std::string_view module, std::string_view name,
-                                   std::uint32_t sympos = 0) const;
-  // Every symbol called `name`, in any object.
-  std::vector<const KernelSymbol*> FindAll(std::string_view name) const;
+  Result<KernelSymbol> Find(std::string_view module, std::string_view name,
+                            std::uint32_t sympos = 0) const;
+  // Every symbol called `name`, in any object, in table order.
+  std::vector<KernelSymbol> FindAll(std::string_view name) const;
 
   // The symbol whose [address, address + size) holds `address`, preferring vmlinux over modules
   // and, among aliases, the first in kallsyms order. kNotFound if none does.
-  Result<const KernelSymbol*> FindByAddress(std::uint64_t address) const;
+  Result<KernelSymbol> FindByAddress(std::uint64_t address) const;
+
+  // The table as one flat image (the warm-start cache, patcher/kallsyms_cache.h): only for a
+  // table of one segment holding vmlinux alone. Its arrays are native-endian and kept as they
+  // are, index included, so that FromImage does no work but checks.
+  Result<std::string> Image() const;
+  // A table over an image, reading it in place: `owner` keeps `image`'s bytes alive (a file
+  // mapping, say) for the table's life. Every offset, length and index is checked against the
+  // image's size (an image is untrusted input); kInvalidArgument says what is wrong.
+  static Result<SymbolTable> FromImage(std::string_view image, std::shared_ptr<const void> owner);
 
  private:
-  struct Object {
-    std::string module;
-    std::size_t first = 0, count = 0;  // range in symbols_
-  };
-  std::vector<KernelSymbol> symbols_;
-  std::vector<Object> objects_;
-  void Reindex();
-  // Index of the first symbol called `name` (in table order), or kNone.
-  std::uint32_t FirstNamed(std::string_view name) const;
-
-  static constexpr std::uint32_t kNone = ~0u;
-  // Name index, flat (two allocations for any number of symbols): an open-addressing table of
-  // each distinct name's first symbol, and per symbol the next one of the same name in table
-  // order (objects in the order added, kallsyms order within each).
-  std::vector<std::uint32_t> name_slots_;
-  std::vector<std::uint32_t> next_same_name_;
-  // Indices into symbols_ sorted by address (then index).
-  std::vector<std::uint32_t> by_address_;
+  struct Segment;
+  const Segment* SegmentOf(std::size_t* i) const;
+  std::vector<std::unique_ptr<Segment>> segments_;
+  std::size_t size_ = 0;
 };
 
 // Parses /proc/kallsyms text ("ADDR TYPE NAME" or "ADDR TYPE NAME\t[MODULE]"), e.g. from the

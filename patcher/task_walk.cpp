@@ -16,15 +16,15 @@ constexpr std::uint64_t kMaxStackSize = 1ull << 20;
 bool PowerOfTwo(std::uint64_t v) { return v && !(v & (v - 1)); }
 
 Result<std::uint64_t> SymbolAddress(const SymbolTable& symbols, std::string_view name) {
-  Result<const KernelSymbol*> s = symbols.Find("", name, 0);
+  Result<KernelSymbol> s = symbols.Find("", name, 0);
   if (!s.ok()) return s.status().WithContext("locating tasks");
-  return (*s)->address;
+  return s->address;
 }
 
 std::optional<std::uint64_t> OptionalSymbol(const SymbolTable& symbols, std::string_view name) {
-  Result<const KernelSymbol*> s = symbols.Find("", name, 0);
+  Result<KernelSymbol> s = symbols.Find("", name, 0);
   if (!s.ok()) return std::nullopt;
-  return (*s)->address;
+  return s->address;
 }
 
 }  // namespace

@@ -143,7 +143,7 @@ TEST_F(FastPathTest, MappedGuestRamGivesTheSameTasksAndStacksAsProcessVmReadv) {
   // Every sleeping task's stack holds a return address into __schedule: a check both must hit.
   auto sched = k->FindSymbol("", "__schedule");
   ASSERT_THAT(sched, IsOk());
-  const std::vector<patcher::CodeRange> busy = {{(*sched)->address, (*sched)->address + (*sched)->size, "__schedule"}};
+  const std::vector<patcher::CodeRange> busy = {{sched->address, sched->address + sched->size, "__schedule"}};
   const vmm::PagingMode mode{(*vcpus)[0].cr3, (*vcpus)[0].la57(), (((*vcpus)[0].efer >> 11) & 1) != 0};
   Result<patcher::StackCheckReport> mapped_check = InvalidArgument("not run"), copied_check = InvalidArgument("not run");
   if (mapped.ok() && copied.ok()) {
@@ -198,7 +198,7 @@ TEST_F(FastPathTest, ManyTasksAreCheckedOnTwoCoresWithTheSerialResult) {
     ProcessVmMemory pvm(vm->qemu_pid(), vm->host_ram());
     auto sched = k->FindSymbol("", "__schedule");
     ASSERT_THAT(sched, IsOk());
-    const std::vector<patcher::CodeRange> busy = {{(*sched)->address, (*sched)->address + (*sched)->size, "__schedule"}};
+    const std::vector<patcher::CodeRange> busy = {{sched->address, sched->address + sched->size, "__schedule"}};
 
     patcher::GuestKernelStacks stacks(*k, *vm);
     stacks.Prepare();  // the hint, with the guest running

@@ -133,8 +133,8 @@ double GuestKernelIntegrationTest::build_ms_ = 0;
 std::string Line(const KernelSymbol& s) {
   char addr[17];
   std::snprintf(addr, sizeof addr, "%016llx", static_cast<unsigned long long>(s.address));
-  std::string l = std::string(addr) + " " + s.type + " " + s.name;
-  if (!s.module.empty()) l += "\t[" + s.module + "]";
+  std::string l = std::string(addr) + " " + s.type + " " + std::string(s.name);
+  if (!s.module.empty()) l += "\t[" + std::string(s.module) + "]";
   return l;
 }
 

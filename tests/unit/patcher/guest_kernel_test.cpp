@@ -68,8 +68,8 @@ TEST(GuestKernelTest, DecodesEveryVmlinuxSymbolInKallsymsOrder) {
   // Per-cpu symbols keep their per-cpu offsets (CONFIG_KALLSYMS_ABSOLUTE_PERCPU).
   auto current = (*k)->FindSymbol("", "current_task");
   ASSERT_THAT(current, IsOk());
-  EXPECT_EQ((*current)->address, FakeGuestKernel::kPcpuCurrentTask);
-  EXPECT_EQ((*current)->type, 'A');
+  EXPECT_EQ(current->address, FakeGuestKernel::kPcpuCurrentTask);
+  EXPECT_EQ(current->type, 'A');
   auto r = (*k)->Resolve("current_task", "vmlinux", 0);
   ASSERT_THAT(r, IsOk());
   EXPECT_TRUE(r->per_cpu);
@@ -90,7 +90,7 @@ TEST(GuestKernelTest, CountsSymposLikeLivepatch) {
   EXPECT_THAT((*k)->Resolve("no_such_fn", "", 0), StatusIs(Code::kNotFound, HasSubstr("no_such_fn")));
   auto by_addr = (*k)->SymbolAt(g.Symbol("cmdline_proc_show") + 5);
   ASSERT_THAT(by_addr, IsOk());
-  EXPECT_EQ((*by_addr)->name, "cmdline_proc_show");
+  EXPECT_EQ(by_addr->name, "cmdline_proc_show");
 }
 
 TEST(GuestKernelTest, ReadsModuleSymbolsFromTheModuleList) {
@@ -110,8 +110,8 @@ TEST(GuestKernelTest, ReadsModuleSymbolsFromTheModuleList) {
   EXPECT_EQ(m.symbols[1].type, 't');
   auto dup2 = (*k)->FindSymbol("fakemod", "dup", 2);
   ASSERT_THAT(dup2, IsOk());
-  EXPECT_EQ((*dup2)->address, m.core_base + 0x200);
-  EXPECT_EQ((*dup2)->size, 0x1000u - 0x200u);  // the last symbol is bounded by the module's end
+  EXPECT_EQ(dup2->address, m.core_base + 0x200);
+  EXPECT_EQ(dup2->size, 0x1000u - 0x200u);  // the last symbol is bounded by the module's end
   EXPECT_THAT((*k)->Resolve("dup", "fakemod", 0), StatusIs(Code::kInvalidArgument, HasSubstr("fakemod")));
   auto any = (*k)->Resolve("fake_helper", "", 0);  // "" searches vmlinux, then the modules
   ASSERT_THAT(any, IsOk());
@@ -483,8 +483,8 @@ TEST(GuestKernelTest, FallsBackToSystemMapWithTheKaslrOffset) {
   EXPECT_EQ((*k)->Summary().symbol_source, "System.map");
   auto init = (*k)->FindSymbol("", "init_task");
   ASSERT_THAT(init, IsOk());
-  EXPECT_EQ((*init)->address, g.Symbol("init_task"));
-  EXPECT_EQ((*(*k)->FindSymbol("", "runqueues"))->address, FakeGuestKernel::kPcpuRunqueues);
+  EXPECT_EQ(init->address, g.Symbol("init_task"));
+  EXPECT_EQ((*k)->FindSymbol("", "runqueues")->address, FakeGuestKernel::kPcpuRunqueues);
   EXPECT_EQ((*k)->initial_tasks().tasks.size(), g.tasks().size() + 2);
 }
 

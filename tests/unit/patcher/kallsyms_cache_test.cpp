@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 
 #include "patcher/guest_kernel.h"
@@ -18,86 +19,111 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using testing::FakeGuestKernel;
 
-std::vector<KernelSymbol> Sample() {
-  std::vector<KernelSymbol> v(3);
-  v[0].name = "_stext";
-  v[0].address = 0xffffffff81000000;
-  v[0].type = 'T';
-  v[1].name = "init_task";
-  v[1].address = 0xffffffff82a0c940;
-  v[1].type = 'D';
-  v[2].name = std::string(300, 'x');
-  v[2].address = 0xffffffffc0001000;
-  v[2].type = 't';
-  return v;
+SymbolTable Sample() {
+  static const std::string kLong(300, 'x');
+  SymbolTable t;
+  EXPECT_THAT(t.AddObject("", {{"_stext", 0xffffffff81000000, 0, 'T', 0, {}},
+                               {"init_task", 0xffffffff82a0c940, 0, 'D', 0, {}},
+                               {"dup", 0xffffffff81000100, 0, 't', 0, {}},
+                               {"dup", 0xffffffff81000200, 0, 't', 0, {}},
+                               {kLong, 0xffffffffc0001000, 0, 't', 0, {}}}),
+              IsOk());
+  return t;
+}
+
+std::string Encode(const KallsymsCacheKey& key, const SymbolTable& t) {
+  Result<std::string> bytes = EncodeKallsymsCache(key, t);
+  EXPECT_THAT(bytes, IsOk());
+  return bytes.ok() ? *bytes : "";
 }
 
 const KallsymsCacheKey kKey{"0123456789abcdef0123456789abcdef01234567", 0x6c00000, 0x1122334455667788};
 
-TEST(KallsymsCacheTest, RoundTripsNamesAddressesAndTypes) {
-  const auto want = Sample();
-  auto got = DecodeKallsymsCache(EncodeKallsymsCache(kKey, want), kKey);
+// An 8-byte aligned copy of `bytes` (as a file mapping is), alive as long as the table.
+std::shared_ptr<const std::string> Aligned(std::string bytes) {
+  return std::make_shared<const std::string>(std::move(bytes));
+}
+
+Result<SymbolTable> Decode(const std::string& bytes, const KallsymsCacheKey& key) {
+  auto held = Aligned(bytes);
+  return DecodeKallsymsCache(*held, held, key);
+}
+
+TEST(KallsymsCacheTest, RoundTripsTheWholeTable) {
+  const SymbolTable want = Sample();
+  auto got = Decode(Encode(kKey, want), kKey);
   ASSERT_THAT(got, IsOk());
   ASSERT_EQ(got->size(), want.size());
   for (std::size_t i = 0; i < want.size(); ++i) {
-    EXPECT_EQ((*got)[i].name, want[i].name);
-    EXPECT_EQ((*got)[i].address, want[i].address);
-    EXPECT_EQ((*got)[i].type, want[i].type);
+    EXPECT_EQ(got->at(i).name, want.at(i).name);
+    EXPECT_EQ(got->at(i).address, want.at(i).address);
+    EXPECT_EQ(got->at(i).type, want.at(i).type);
+    EXPECT_EQ(got->at(i).size, want.at(i).size);
+    EXPECT_EQ(got->at(i).sympos, want.at(i).sympos);
   }
+  // The index came along and works in place.
+  auto second = got->Find("", "dup", 2);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(second->address, 0xffffffff81000200u);
+  EXPECT_THAT(got->Find("", "dup"), StatusIs(Code::kInvalidArgument, HasSubstr("2 occurrences")));
+  EXPECT_EQ(got->FindByAddress(0xffffffff81000150)->name, "dup");
+  EXPECT_EQ(got->FindAll("init_task").size(), 1u);
+  // Modules still join a table read from an entry.
+  ASSERT_THAT(got->AddObject("mod", {{"dup", 0xffffffffc0100000, 0, 't', 0, {}}}), IsOk());
+  EXPECT_EQ(got->FindAll("dup").size(), 3u);
+  EXPECT_EQ(got->Find("mod", "dup")->sympos, 1u);
+}
+
+TEST(KallsymsCacheTest, OnlyATableOfVmlinuxAloneIsEncoded) {
+  SymbolTable t = Sample();
+  ASSERT_THAT(t.AddObject("mod", {{"f", 0xffffffffc0100000, 0, 't', 0, {}}}), IsOk());
+  EXPECT_THAT(EncodeKallsymsCache(kKey, t), StatusIs(Code::kFailedPrecondition, HasSubstr("vmlinux alone")));
 }
 
 TEST(KallsymsCacheTest, RefusesAnEntryForAnotherKernelOrOtherTables) {
-  const std::string bytes = EncodeKallsymsCache(kKey, Sample());
+  const std::string bytes = Encode(kKey, Sample());
   KallsymsCacheKey k = kKey;
   k.build_id[0] = 'f';
-  EXPECT_THAT(DecodeKallsymsCache(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("build-id")));
+  EXPECT_THAT(Decode(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("build-id")));
   k = kKey;
   k.kaslr_offset += 0x200000;  // a reboot moved the kernel
-  EXPECT_THAT(DecodeKallsymsCache(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("KASLR offset 0x6c00000")));
+  EXPECT_THAT(Decode(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("KASLR offset 0x6c00000")));
   k = kKey;
   k.tables_digest ^= 1;
-  EXPECT_THAT(DecodeKallsymsCache(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("other kallsyms tables")));
+  EXPECT_THAT(Decode(bytes, k), StatusIs(Code::kFailedPrecondition, HasSubstr("other kallsyms tables")));
 }
 
 TEST(KallsymsCacheTest, RefusesCorruptTruncatedAndForeignFiles) {
-  const std::string bytes = EncodeKallsymsCache(kKey, Sample());
+  const std::string bytes = Encode(kKey, Sample());
   std::string flipped = bytes;
   flipped[bytes.size() / 2] ^= 0x40;
-  EXPECT_THAT(DecodeKallsymsCache(flipped, kKey), StatusIs(Code::kInvalidArgument, HasSubstr("checksum mismatch")));
-  EXPECT_THAT(DecodeKallsymsCache(bytes.substr(0, bytes.size() - 20), kKey),
-              StatusIs(Code::kInvalidArgument, HasSubstr("checksum mismatch")));
-  EXPECT_THAT(DecodeKallsymsCache("", kKey), StatusIs(Code::kInvalidArgument, HasSubstr("magic")));
-  EXPECT_THAT(DecodeKallsymsCache("{\"patches\": []}", kKey), StatusIs(Code::kInvalidArgument, HasSubstr("magic")));
+  EXPECT_THAT(Decode(flipped, kKey), StatusIs(Code::kInvalidArgument, HasSubstr("checksum mismatch")));
+  EXPECT_THAT(Decode(bytes.substr(0, bytes.size() - 24), kKey), StatusIs(Code::kInvalidArgument, HasSubstr("truncated")));
+  EXPECT_THAT(Decode("", kKey), StatusIs(Code::kInvalidArgument, HasSubstr("magic")));
+  EXPECT_THAT(Decode("{\"patches\": []}", kKey), StatusIs(Code::kInvalidArgument, HasSubstr("magic")));
 }
 
-// A file that passes the checksum but lies about its lengths (a forged entry) still cannot make
-// the decoder read past its end or allocate without bound.
-TEST(KallsymsCacheTest, BoundsEveryLengthOfAForgedEntry) {
-  std::vector<KernelSymbol> one(1);
-  one[0].name = "a";
-  one[0].type = 'T';
-  std::string bytes = EncodeKallsymsCache(kKey, one);
-  auto reseal = [](std::string b) {
-    b.resize(b.size() - 8);
+// An entry that passes the checksum but lies inside its table (a forged or miswritten entry)
+// still cannot make a lookup read out of bounds: the table's own checks refuse it.
+TEST(KallsymsCacheTest, AResealedEntryIsStillCheckedInside) {
+  std::string bytes = Encode(kKey, Sample());
+  constexpr std::size_t kHeader = 176, kChecksumAt = 168, kTableHeader = 56;
+  auto reseal = [&](std::string b) {
+    std::memset(b.data() + kChecksumAt, 0, 8);
     std::uint64_t h = 0xcbf29ce484222325ull;
-    for (unsigned char c : b) h = (h ^ c) * 0x100000001b3ull;
-    for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>((h >> (8 * i)) & 0xff));
+    for (std::size_t i = 0; i + 8 <= b.size(); i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, b.data() + i, 8);
+      h = (h ^ w) * 0x100000001b3ull;
+    }
+    std::memcpy(b.data() + kChecksumAt, &h, 8);
     return b;
   };
-  const std::size_t count_at = 8 + 2 + kKey.build_id.size() + 8 + 8;
-  std::string many = bytes;
-  many[count_at + 3] = 0x7f;  // ~2^30 symbols
-  EXPECT_THAT(DecodeKallsymsCache(reseal(many), kKey), StatusIs(Code::kInvalidArgument, HasSubstr("exceed the limit")));
-  std::string two = bytes;
-  two[count_at] = 2;  // one more symbol than the file holds
-  EXPECT_THAT(DecodeKallsymsCache(reseal(two), kKey), StatusIs(Code::kInvalidArgument, HasSubstr("symbol 1 is truncated")));
-  std::string empty_name = bytes;
-  empty_name[count_at + 4 + 8 + 1] = 0;  // name length 0
-  EXPECT_THAT(DecodeKallsymsCache(reseal(empty_name), kKey),
-              StatusIs(Code::kInvalidArgument, HasSubstr("bad name length")));
-  std::string trailing = bytes;
-  trailing.insert(trailing.size() - 8, "zz");
-  EXPECT_THAT(DecodeKallsymsCache(reseal(trailing), kKey), StatusIs(Code::kInvalidArgument, HasSubstr("trailing bytes")));
+  ASSERT_THAT(Decode(reseal(bytes), kKey), IsOk());  // the reseal itself is right
+  std::string far_name = bytes;
+  const std::uint32_t offset = 1u << 30;  // record 0's name_offset
+  std::memcpy(far_name.data() + kHeader + kTableHeader + 16, &offset, 4);
+  EXPECT_THAT(Decode(reseal(far_name), kKey), StatusIs(Code::kInvalidArgument, HasSubstr("record 0 is out of bounds")));
 }
 
 TEST(KallsymsCacheTest, StoreKeyOnlyFromAHexBuildId) {
@@ -149,8 +175,8 @@ TEST(KallsymsCacheTest, SecondBuildUsesTheEntryAndGetsTheSameSymbols) {
   ASSERT_THAT(warm, IsOk());
   EXPECT_EQ((*warm)->Summary().symbol_cache, "hit");
   EXPECT_EQ(store.saves, 1);
-  const auto& a = (*cold)->symbols().symbols();
-  const auto& b = (*warm)->symbols().symbols();
+  const auto a = (*cold)->symbols().symbols();
+  const auto b = (*warm)->symbols().symbols();
   ASSERT_EQ(a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].name, b[i].name);
