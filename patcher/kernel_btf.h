@@ -3,7 +3,7 @@
 // on one kernel build's layout.
 //
 // The warm start (patcher/btf_answers.h): a command asks a few dozen questions, but reading and
-// parsing the ~4 MiB blob costs a fresh process ~60 ms (36 ms CPU plus ~2,000 page faults). So a
+// parsing the ~4 MiB blob costs a fresh process ~60 ms (~36 ms CPU, ~2,200 page faults). So a
 // KernelBtf can record each question with its answer (Record), and a later process can answer
 // from that record (FromAnswers) without reading the blob; only a question the record lacks
 // reads and parses it then, and is recorded in turn. Replayed answers are exactly the parse's
