@@ -32,6 +32,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
                       {"vmlinux_symbols", k.vmlinux_symbols},
                       {"symbol_source", k.symbol_source},
                       {"symbol_cache", k.symbol_cache},
+                      {"btf_cache", k.btf_cache},
                       {"modules", k.modules},
                       {"cpus", k.cpus},
                       {"thread_size", k.thread_size},
@@ -63,6 +64,9 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
               k.vmlinux_symbols, k.symbol_source.c_str(), k.modules.size());
   for (const auto& m : k.modules) std::printf(" %s", m.c_str());
   std::printf("\ncpus            %d\n", k.cpus);
+  if (!k.symbol_cache.empty() || !k.btf_cache.empty()) {
+    std::printf("warm start      kallsyms %s; BTF %s\n", k.symbol_cache.c_str(), k.btf_cache.c_str());
+  }
   const std::string ram = s.vm->RamAccess();
   if (!ram.empty()) {
     std::printf("guest RAM       %s\n", ram.c_str());

@@ -34,6 +34,10 @@ patcher::StepHook TestStopHook() {
   };
 }
 
+Session::~Session() {
+  if (kernel && kernel_cache) (void)kernel->SaveBtfAnswers(*kernel_cache);
+}
+
 namespace {
 
 // The domain as a lock name: a QMP socket by its real path, so two spellings of one path meet.
@@ -110,6 +114,9 @@ Result<std::unique_ptr<Session>> OpenSession(const GlobalOptions& options, const
   ko.kaslr_offset = options.kaslr_offset;
   s->kernel_cache = std::make_unique<KernelCacheFile>(dir + "/cache");
   ko.cache = s->kernel_cache.get();
+  // A BTF question the cached answers lack is parsed later from the VM itself: build_mem below
+  // dies with this function, the VM lives as long as the kernel model (Session's order).
+  ko.memory_after_build = s->vm.get();
   if (!options.system_map.empty()) {
     HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> map, ReadPatchFile(options.system_map));
     ko.system_map.assign(map.begin(), map.end());

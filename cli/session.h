@@ -21,12 +21,16 @@
 namespace hv::cli {
 
 struct Session {
+  // Saves the BTF answers the command's later questions (a commit's) added since the model was
+  // built, for the next command (best effort: GuestKernel::SaveBtfAnswers).
+  ~Session();
+
   // Declared first, so released last: after the VM connection (QMP, gdbstub) is closed, so the
   // next hvpatch never finds the lock free and QEMU's one QMP client slot still taken.
   std::optional<VmLock> domain_lock;  // taken before connecting (see OpenSession)
   std::optional<VmLock> lock;
   std::unique_ptr<vmm::Vm> vm;
-  std::unique_ptr<KernelCacheFile> kernel_cache;  // decoded kallsyms between runs
+  std::unique_ptr<KernelCacheFile> kernel_cache;  // decoded kallsyms and BTF answers between runs
   std::unique_ptr<patcher::GuestKernel> kernel;
   std::unique_ptr<patcher::GuestKernelView> view;
   std::unique_ptr<patcher::GuestKernelStacks> stacks;

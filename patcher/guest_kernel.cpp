@@ -131,15 +131,40 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   if (auto end = value_of("__per_cpu_end"); end.ok()) k->per_cpu_end_ = *end;
   k->timings_.kallsyms_ms = Lap(&mark);
 
-  // BTF.
+  // BTF: the answers an earlier run recorded for this kernel build (btf_answers.h), else read
+  // and parsed (and its answers recorded for the next run).
   {
     auto start = value_of("__start_BTF");
     auto stop = value_of("__stop_BTF");
     if (!start.ok()) return start.status().WithContext("reading BTF");
     if (!stop.ok()) return stop.status().WithContext("reading BTF");
-    Result<KernelBtf> btf = KernelBtf::Read(kmem, *start, *stop);
-    if (!btf.ok()) return btf.status().WithContext("reading BTF");
-    k->btf_.emplace(std::move(*btf));
+    // A range Read refuses is never looked up: the warm start fails where the cold one does.
+    const bool range_ok = *stop > *start && *stop - *start <= KernelBtf::kMaxBlobBytes;
+    k->btf_key_ = {k->vmcoreinfo_.build_id(), range_ok ? *stop - *start : 0};
+    const std::string store_key = options.cache && range_ok ? k->btf_key_.StoreKey() : "";
+    if (options.cache && range_ok) {
+      Result<BtfAnswers> cached = NotFound("the build-id is not a usable cache key");
+      if (!store_key.empty()) {
+        Result<std::string> bytes = options.cache->Load(store_key);
+        cached = bytes.ok() ? DecodeBtfAnswers(*bytes, k->btf_key_) : Result<BtfAnswers>(bytes.status());
+      }
+      if (cached.ok()) {
+        const vmm::GuestPhysMemory* later = options.memory_after_build ? options.memory_after_build : &mem;
+        k->btf_.emplace(KernelBtf::FromAnswers(
+            std::move(*cached), [later, paging = k->paging_, start = *start, stop = *stop]() {
+              return KernelBtf::Read(KernelMemory(*later, paging), start, stop);
+            }));
+        k->btf_cache_ = "hit";
+      } else {
+        k->btf_cache_ = "miss: " + cached.status().message();
+      }
+    }
+    if (!k->btf_) {
+      Result<KernelBtf> btf = KernelBtf::Read(kmem, *start, *stop);
+      if (!btf.ok()) return btf.status().WithContext("reading BTF");
+      k->btf_.emplace(std::move(*btf));
+      if (!store_key.empty()) k->btf_->Record();
+    }
   }
   k->timings_.btf_ms = Lap(&mark);
 
@@ -184,7 +209,12 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
     }
   }
   k->timings_.tasks_ms = Lap(&mark);
-  k->timings_.total_ms = std::chrono::duration<double, std::milli>(mark - start).count();
+  if (options.cache) {
+    // Best effort, like the kallsyms entry: a read-only state directory costs the next run a parse.
+    Status saved = k->SaveBtfAnswers(*options.cache);
+    if (!saved.ok()) k->btf_cache_ += " (not saved: " + saved.message() + ")";
+  }
+  k->timings_.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return k;
 }
 
@@ -323,6 +353,21 @@ Result<std::vector<StackRegion>> GuestKernel::StackRegions(const vmm::GuestPhysM
   return out;
 }
 
+Status GuestKernel::SaveBtfAnswers(KernelCacheStore& store) {
+  if (!btf_ || !btf_->HasUnsavedAnswers()) return Status::Ok();
+  const std::string key = btf_key_.StoreKey();
+  if (key.empty()) return Status::Ok();  // not recording: Build found no usable key
+  const KernelBtf::Recorded recorded = btf_->recorded();
+  const std::string bytes = EncodeBtfAnswers(btf_key_, recorded.answers);
+  if (bytes.size() > kMaxBtfAnswersBytes) {
+    return InvalidArgument("BTF answers entry of " + std::to_string(bytes.size()) + " bytes exceeds the limit of " +
+                           std::to_string(kMaxBtfAnswersBytes));
+  }
+  HV_RETURN_IF_ERROR(store.Save(key, bytes));
+  btf_->MarkSaved(recorded.generation);
+  return Status::Ok();
+}
+
 GuestKernelSummary GuestKernel::Summary() const {
   GuestKernelSummary s;
   s.release = release();
@@ -332,6 +377,7 @@ GuestKernelSummary GuestKernel::Summary() const {
   s.vmlinux_symbols = symbols_.CountIn("");
   s.symbol_source = symbol_source_;
   s.symbol_cache = symbol_cache_;
+  s.btf_cache = btf_cache_;
   s.modules = symbols_.modules();
   s.cpus = initial_tasks_.cpus.empty() ? nr_cpus_ : static_cast<int>(initial_tasks_.cpus.size());
   s.tasks = initial_tasks_.tasks.size();

@@ -4,6 +4,7 @@
 //   vmcoreinfo (scan of guest RAM)  -> release, build-id, KASLR offset, paging root, kallsyms
 //   kallsyms (compressed tables)    -> vmlinux symbols, checked against vmcoreinfo's _stext
 //   BTF (__start_BTF..__stop_BTF)   -> task_struct, rq, module, ... offsets
+//                                      (or the answers an earlier run recorded: btf_answers.h)
 //   module list (`modules`)         -> per-module symbol tables
 //   task walk                       -> every thread, each CPU's idle and current task, stacks
 //
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "patcher/btf_answers.h"
 #include "patcher/commit.h"
 #include "patcher/helper_thread.h"
 #include "patcher/kallsyms_cache.h"
@@ -45,8 +47,15 @@ struct GuestKernelOptions {
   std::optional<std::uint64_t> kaslr_offset;
   // Skip the initial task walk (for `info` on a guest that is not paused).
   bool walk_tasks = true;
-  // Decoded kallsyms kept between runs (patcher/kallsyms_cache.h); null: always decode.
+  // Decoded kallsyms and BTF answers kept between runs (patcher/kallsyms_cache.h,
+  // patcher/btf_answers.h); null: always decode and parse, record nothing.
   KernelCacheStore* cache = nullptr;
+  // Guest memory the model may read after Build has returned: with a BTF cache hit, the first
+  // question the entry does not answer (e.g. a commit's, during apply) reads and parses the
+  // BTF then, through this. It must outlive the GuestKernel. Null: Build's `mem`, which must
+  // then outlive the GuestKernel when `cache` is set (give the VM here when `mem` is a
+  // short-lived view such as the build's vmm::CachedPhysMemory).
+  const vmm::GuestPhysMemory* memory_after_build = nullptr;
 };
 
 // What `hvpatch info` prints.
@@ -63,6 +72,7 @@ struct GuestKernelSummary {
   std::uint64_t vmcoreinfo_gpa = 0;
   std::uint64_t thread_size = 0;
   std::string symbol_cache;         // "hit", "miss: WHY", or empty without a cache
+  std::string btf_cache;            // likewise for the BTF answers (btf_answers.h)
 };
 
 // Where Build spent its time (wall clock, milliseconds), for the benchmark.
@@ -129,6 +139,14 @@ class GuestKernel : public SymbolResolver {
   GuestKernelSummary Summary() const;
   const GuestKernelTimings& timings() const { return timings_; }
 
+  // Saves the BTF answers under this kernel's key (build-id, BTF size) in `store` when some were
+  // recorded since the last save: Build saves those it asked itself (when given a cache), and a
+  // caller whose later questions (a commit's) added some calls this before it exits. Ok when
+  // there is nothing new, or no cache was given to Build. Errors: kInvalidArgument when the
+  // entry would exceed kMaxBtfAnswersBytes; the store's (best effort for callers: a failed save
+  // only costs the next run a parse).
+  Status SaveBtfAnswers(KernelCacheStore& store);
+
  private:
   GuestKernel() = default;
 
@@ -138,6 +156,8 @@ class GuestKernel : public SymbolResolver {
   std::string symbol_source_;
   std::string symbol_cache_;
   std::optional<KernelBtf> btf_;
+  BtfAnswersKey btf_key_;
+  std::string btf_cache_;
   std::vector<GuestModule> modules_;
   std::optional<TaskWalker> walker_;
   TaskSnapshot initial_tasks_;

@@ -3,8 +3,11 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <optional>
 
 #include "base/hex.h"
 
@@ -53,9 +56,110 @@ bool FindMember(const struct btf* b, const struct btf_type* t, std::string_view 
   return false;
 }
 
+BtfAnswer ToAnswer(const Status& s) {
+  BtfAnswer a;
+  a.code = s.code();
+  a.message = s.message();
+  a.hint = s.hint();
+  return a;
+}
+
+BtfAnswer ToAnswer(const Result<std::uint64_t>& r) {
+  if (!r.ok()) return ToAnswer(r.status());
+  BtfAnswer a;
+  a.value = *r;
+  return a;
+}
+
+BtfAnswer ToAnswer(const Result<std::vector<BtfMember>>& r) {
+  if (!r.ok()) return ToAnswer(r.status());
+  BtfAnswer a;
+  a.members = *r;
+  return a;
+}
+
+Status ErrorOf(const BtfAnswer& a) { return Status(a.code, a.message, a.hint); }
+
+Result<std::uint64_t> ValueOf(const BtfAnswer& a) {
+  if (a.code != Code::kOk) return ErrorOf(a);
+  return a.value;
+}
+
 }  // namespace
 
+struct KernelBtf::Book {
+  std::mutex mu;
+  BtfAnswers answers;
+  std::uint64_t generation = 0;
+  std::uint64_t saved = 0;
+  Loader load;                       // empty for a parsed KernelBtf
+  std::optional<Status> load_error;  // set when `load` failed
+};
+
+KernelBtf::KernelBtf() = default;
+KernelBtf::KernelBtf(KernelBtf&&) noexcept = default;
+KernelBtf& KernelBtf::operator=(KernelBtf&&) noexcept = default;
+KernelBtf::~KernelBtf() = default;
+
 void KernelBtf::Free::operator()(struct btf* b) const { btf__free(b); }
+
+KernelBtf KernelBtf::FromAnswers(BtfAnswers answers, Loader load) {
+  KernelBtf out;
+  out.book_ = std::make_unique<Book>();
+  out.book_->answers = std::move(answers);
+  out.book_->load = std::move(load);
+  return out;
+}
+
+void KernelBtf::Record() {
+  if (!book_) book_ = std::make_unique<Book>();
+}
+
+bool KernelBtf::parsed() const {
+  if (!book_) return btf_ != nullptr;
+  std::lock_guard<std::mutex> lock(book_->mu);
+  return btf_ != nullptr;
+}
+
+KernelBtf::Recorded KernelBtf::recorded() const {
+  if (!book_) return {};
+  std::lock_guard<std::mutex> lock(book_->mu);
+  return {book_->answers, book_->generation};
+}
+
+bool KernelBtf::HasUnsavedAnswers() const {
+  if (!book_) return false;
+  std::lock_guard<std::mutex> lock(book_->mu);
+  return book_->generation > book_->saved;
+}
+
+void KernelBtf::MarkSaved(std::uint64_t generation) {
+  if (!book_) return;
+  std::lock_guard<std::mutex> lock(book_->mu);
+  book_->saved = std::max(book_->saved, generation);
+}
+
+BtfAnswer KernelBtf::Ask(BtfQuestion q, const std::function<BtfAnswer()>& parse) const {
+  std::lock_guard<std::mutex> lock(book_->mu);
+  if (auto it = book_->answers.find(q); it != book_->answers.end()) return it->second;
+  if (!btf_) {
+    if (!book_->load_error) {
+      Result<KernelBtf> loaded = book_->load ? book_->load() : Result<KernelBtf>(Internal("no BTF to parse"));
+      if (loaded.ok() && loaded->btf_) {
+        btf_ = std::move(loaded->btf_);
+      } else {
+        book_->load_error = loaded.ok() ? Internal("the BTF loader gave no BTF") : loaded.status();
+      }
+    }
+    if (!btf_) return ToAnswer(book_->load_error->WithContext("reading BTF"));
+  }
+  BtfAnswer a = parse();
+  if (FitsBtfAnswers(q, a) && book_->answers.size() < kMaxBtfAnswers) {
+    book_->answers.emplace(std::move(q), a);
+    ++book_->generation;
+  }
+  return a;
+}
 
 Result<KernelBtf> KernelBtf::Parse(std::span<const std::uint8_t> blob) {
   if (blob.size() > kMaxBlobBytes) {
@@ -97,7 +201,48 @@ Result<KernelBtf> KernelBtf::Read(const KernelMemory& mem, std::uint64_t start, 
   return Parse(blob);
 }
 
-std::size_t KernelBtf::type_count() const { return btf__type_cnt(btf_.get()); }
+std::size_t KernelBtf::type_count() const {
+  if (!book_) return btf__type_cnt(btf_.get());
+  const BtfAnswer a = Ask({BtfQuestionKind::kTypeCount, "", ""}, [&] {
+    BtfAnswer count;
+    count.value = btf__type_cnt(btf_.get());
+    return count;
+  });
+  return a.code == Code::kOk ? static_cast<std::size_t>(a.value) : 0;
+}
+
+Result<std::uint64_t> KernelBtf::Offset(std::string_view type, std::string_view path) const {
+  if (!book_) return ParsedOffset(type, path);
+  return ValueOf(Ask({BtfQuestionKind::kOffset, std::string(type), std::string(path)},
+                     [&] { return ToAnswer(ParsedOffset(type, path)); }));
+}
+
+Result<std::uint64_t> KernelBtf::MemberSize(std::string_view type, std::string_view path) const {
+  if (!book_) return ParsedMemberSize(type, path);
+  return ValueOf(Ask({BtfQuestionKind::kMemberSize, std::string(type), std::string(path)},
+                     [&] { return ToAnswer(ParsedMemberSize(type, path)); }));
+}
+
+Result<std::uint64_t> KernelBtf::TypeSize(std::string_view type) const {
+  if (!book_) return ParsedTypeSize(type);
+  return ValueOf(Ask({BtfQuestionKind::kTypeSize, std::string(type), ""},
+                     [&] { return ToAnswer(ParsedTypeSize(type)); }));
+}
+
+// Offset's question: Resolve succeeds exactly when Offset does, so one recorded answer serves
+// both (and a record cannot say a member exists whose offset it does not know).
+bool KernelBtf::HasMember(std::string_view type, std::string_view path) const {
+  if (!book_) return Resolve(type, path).ok();
+  return Offset(type, path).ok();
+}
+
+Result<std::vector<KernelBtf::Member>> KernelBtf::Members(std::string_view type) const {
+  if (!book_) return ParsedMembers(type);
+  const BtfAnswer a = Ask({BtfQuestionKind::kMembers, std::string(type), ""},
+                          [&] { return ToAnswer(ParsedMembers(type)); });
+  if (a.code != Code::kOk) return ErrorOf(a);
+  return a.members;
+}
 
 Result<std::int32_t> KernelBtf::FindComposite(std::string_view type) const {
   const std::string name(type);
@@ -138,12 +283,12 @@ Result<KernelBtf::Found> KernelBtf::Resolve(std::string_view type, std::string_v
   }
 }
 
-Result<std::uint64_t> KernelBtf::Offset(std::string_view type, std::string_view path) const {
+Result<std::uint64_t> KernelBtf::ParsedOffset(std::string_view type, std::string_view path) const {
   HV_ASSIGN_OR_RETURN(Found f, Resolve(type, path));
   return f.offset;
 }
 
-Result<std::uint64_t> KernelBtf::MemberSize(std::string_view type, std::string_view path) const {
+Result<std::uint64_t> KernelBtf::ParsedMemberSize(std::string_view type, std::string_view path) const {
   HV_ASSIGN_OR_RETURN(Found f, Resolve(type, path));
   const long long size = btf__resolve_size(btf_.get(), f.type_id);
   if (size < 0) {
@@ -153,18 +298,14 @@ Result<std::uint64_t> KernelBtf::MemberSize(std::string_view type, std::string_v
   return static_cast<std::uint64_t>(size);
 }
 
-Result<std::uint64_t> KernelBtf::TypeSize(std::string_view type) const {
+Result<std::uint64_t> KernelBtf::ParsedTypeSize(std::string_view type) const {
   HV_ASSIGN_OR_RETURN(std::int32_t id, FindComposite(type));
   const long long size = btf__resolve_size(btf_.get(), static_cast<std::uint32_t>(id));
   if (size < 0) return InvalidArgument("BTF type '" + std::string(type) + "' has no size");
   return static_cast<std::uint64_t>(size);
 }
 
-bool KernelBtf::HasMember(std::string_view type, std::string_view path) const {
-  return Resolve(type, path).ok();
-}
-
-Result<std::vector<KernelBtf::Member>> KernelBtf::Members(std::string_view type) const {
+Result<std::vector<KernelBtf::Member>> KernelBtf::ParsedMembers(std::string_view type) const {
   HV_ASSIGN_OR_RETURN(std::int32_t id, FindComposite(type));
   const struct btf* b = btf_.get();
   const struct btf_type* t = btf__type_by_id(b, static_cast<std::uint32_t>(id));

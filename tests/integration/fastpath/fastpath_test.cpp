@@ -265,8 +265,10 @@ TEST_F(FastPathTest, SecondCommandUsesTheKallsymsCacheAndADamagedEntryIsRebuilt)
   ASSERT_EQ(first.exit_code, 0) << first.err;
   EXPECT_THAT(Json(first)["symbol_cache"].get<std::string>(), StartsWith("miss: no cache entry"));
   EXPECT_THAT(Json(first)["ram_access"].get<std::string>(), StartsWith("mapped /proc/"));
-  std::vector<std::string> entries;
-  for (const auto& e : std::filesystem::directory_iterator(state + "/cache")) entries.push_back(e.path());
+  std::vector<std::string> entries;  // the kallsyms entry (the BTF answers have their own test)
+  for (const auto& e : std::filesystem::directory_iterator(state + "/cache")) {
+    if (e.path().filename().string().rfind("btf-", 0) != 0) entries.push_back(e.path());
+  }
   ASSERT_EQ(entries.size(), 1u);
   EXPECT_THAT(std::filesystem::path(entries[0]).filename().string(),
               StartsWith("kallsyms-" + Json(first)["build_id"].get<std::string>()));
@@ -290,6 +292,53 @@ TEST_F(FastPathTest, SecondCommandUsesTheKallsymsCacheAndADamagedEntryIsRebuilt)
   EXPECT_EQ(Json(damaged)["vmlinux_symbols"], Json(first)["vmlinux_symbols"]);
   auto again = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
   EXPECT_EQ(Json(again)["symbol_cache"], "hit");
+  std::filesystem::remove_all(state);
+}
+
+// The BTF answers (patcher/btf_answers.h) across hvpatch processes: one cold apply records the
+// questions of the model and of the commit, and later apply/revert/list/info answer all of theirs
+// from the entry. A command that had to parse BTF would record (and save) a new answer, so an
+// entry left byte for byte as it was means no command after the first parsed BTF.
+TEST_F(FastPathTest, CommandsAfterTheFirstApplyAnswerBtfFromTheCache) {
+  char t[] = "/tmp/hvpatch-fastpath-btf-XXXXXX";
+  ASSERT_NE(mkdtemp(t), nullptr);
+  const std::string state = t;
+  auto btf_path = [&]() -> std::filesystem::path {
+    for (const auto& e : std::filesystem::directory_iterator(state + "/cache")) {
+      if (e.path().filename().string().rfind("btf-", 0) == 0) return e.path();
+    }
+    return {};
+  };
+  auto btf_entry = [&]() -> std::string {
+    std::ifstream f(btf_path(), std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  auto first = Hvpatch({"--json", "apply", vm_->qmp_target(), PatchModule("hvp_sample")}, state);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string entry = btf_entry();
+  ASSERT_FALSE(entry.empty()) << "the cold apply saved no BTF answers";
+
+  auto info = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(Json(info)["btf_cache"], "hit");
+  for (const std::vector<std::string>& cmd : {std::vector<std::string>{"revert", vm_->qmp_target(), "hvp_sample"},
+                                              {"apply", vm_->qmp_target(), PatchModule("hvp_sample")},
+                                              {"list", vm_->qmp_target()},
+                                              {"revert", vm_->qmp_target(), "hvp_sample"}}) {
+    auto r = Hvpatch(cmd, state);
+    ASSERT_EQ(r.exit_code, 0) << cmd[0] << ": " << r.err;
+    EXPECT_EQ(btf_entry(), entry) << "'" << cmd[0] << "' parsed BTF and recorded new answers";
+  }
+  EXPECT_THAT(Guest("cat /proc/cmdline"), Not(HasSubstr("live-patched")));
+
+  // A damaged entry: parsed again, with the reason, and rewritten.
+  std::filesystem::resize_file(btf_path(), entry.size() - 5);
+  auto damaged = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
+  ASSERT_EQ(damaged.exit_code, 0) << damaged.err;
+  EXPECT_THAT(Json(damaged)["btf_cache"].get<std::string>(), HasSubstr("miss: BTF answers entry: checksum mismatch"));
+  EXPECT_EQ(Json(damaged)["thread_size"], Json(info)["thread_size"]);
+  auto again = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
+  EXPECT_EQ(Json(again)["btf_cache"], "hit");
   std::filesystem::remove_all(state);
 }
 

@@ -8,6 +8,8 @@
 //   tasks      the (pid, tid, comm) set of /proc/*/task/*, listed before and after the walk,
 //              with a 5-thread process running; plus one idle task per CPU. Kernel threads'
 //              /proc comm carries decorations task->comm does not have (see the test)
+//   BTF cache  a second Build with the same state directory answers BTF from the first one's
+//              recorded answers (btf_answers.h) without parsing, each answer equal to the parse's
 #include "patcher/guest_kernel.h"
 
 #include <gmock/gmock.h>
@@ -25,6 +27,9 @@
 #include <tuple>
 
 #include "base/hex.h"
+#include "cli/kernel_cache_file.h"
+#include "patcher/shadow_module.h"
+#include "patcher/static_keys.h"
 #include "status_matchers.h"
 #include "tests/harness/test_vm.h"
 #include "vmm/vm.h"
@@ -151,6 +156,94 @@ void ExpectSameLines(const std::vector<std::string>& got, const std::vector<std:
       ++shown;
     }
   }
+}
+
+// One answer as text, whatever its kind, for comparing a cached KernelBtf with a parsed one.
+std::string AnswerText(const KernelBtf& btf, const BtfQuestion& q) {
+  auto text = [](const auto& r) -> std::string {
+    if (!r.ok()) return std::string(CodeName(r.status().code())) + ": " + r.status().message();
+    if constexpr (std::is_same_v<std::decay_t<decltype(*r)>, std::uint64_t>) {
+      return std::to_string(*r);
+    } else {
+      std::string out;
+      for (const auto& m : *r) out += m.name + "@" + std::to_string(m.offset) + "/" + std::to_string(m.size) + " ";
+      return out;
+    }
+  };
+  switch (q.kind) {
+    case BtfQuestionKind::kOffset: return text(btf.Offset(q.type, q.path));
+    case BtfQuestionKind::kMemberSize: return text(btf.MemberSize(q.type, q.path));
+    case BtfQuestionKind::kTypeSize: return text(btf.TypeSize(q.type));
+    case BtfQuestionKind::kMembers: return text(btf.Members(q.type));
+    case BtfQuestionKind::kTypeCount: return std::to_string(btf.type_count());
+  }
+  return "?";
+}
+
+// The warm start of `hvpatch` commands (each a fresh process with one state directory): the
+// first Build parses BTF and saves its answers, the commit's questions (shadow module, static
+// keys, CPU features) are parsed lazily through the VM and saved too, and the next Build
+// answers all of them without reading BTF, each exactly as the parse does.
+TEST_F(GuestKernelIntegrationTest, SecondBuildAnswersBtfFromTheCache) {
+  char dir[] = "/tmp/hvpatch-btf-cache-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  cli::KernelCacheFile store(std::string(dir) + "/cache");
+  auto build = [&]() -> Result<std::unique_ptr<GuestKernel>> {
+    HV_RETURN_IF_ERROR(vm_->Pause());
+    auto vcpus = vm_->VcpuStates();
+    GuestKernelOptions o;
+    o.cache = &store;
+    o.memory_after_build = vm_;
+    auto k = vcpus.ok() ? GuestKernel::Build(*vm_, *vcpus, o) : Result<std::unique_ptr<GuestKernel>>(vcpus.status());
+    HV_RETURN_IF_ERROR(vm_->Resume());
+    return k;
+  };
+  // What a commit asks, after Build.
+  auto commit_questions = [](GuestKernel& k) -> Status {
+    HV_ASSIGN_OR_RETURN(auto shadow, ShadowModuleLayout::Read(k.btf(), k));
+    HV_ASSIGN_OR_RETURN(auto keys, StaticKeyLayout::Read(k.btf(), k));
+    HV_ASSIGN_OR_RETURN(auto caps, k.btf().Offset("cpuinfo_x86", "x86_capability"));
+    EXPECT_EQ(shadow.module_size, *kernel_->btf().TypeSize("module"));
+    EXPECT_EQ(keys.node_size, *kernel_->btf().TypeSize("static_key_mod"));
+    EXPECT_EQ(caps, *kernel_->btf().Offset("cpuinfo_x86", "x86_capability"));
+    return Status::Ok();
+  };
+
+  auto cold = build();
+  ASSERT_THAT(cold, IsOk());
+  EXPECT_THAT((*cold)->Summary().btf_cache, ::testing::StartsWith("miss: no cache entry"));
+  EXPECT_TRUE((*cold)->btf().parsed());
+
+  auto warm = build();
+  ASSERT_THAT(warm, IsOk());
+  EXPECT_EQ((*warm)->Summary().btf_cache, "hit");
+  EXPECT_FALSE((*warm)->btf().parsed());
+  ASSERT_THAT(commit_questions(**warm), IsOk());
+  EXPECT_TRUE((*warm)->btf().parsed()) << "the commit's questions were not in the entry";
+  ASSERT_THAT((*warm)->SaveBtfAnswers(store), IsOk());
+
+  auto third = build();
+  ASSERT_THAT(third, IsOk());
+  EXPECT_EQ((*third)->Summary().btf_cache, "hit");
+  ASSERT_THAT(commit_questions(**third), IsOk());
+  EXPECT_FALSE((*third)->btf().parsed());
+  EXPECT_FALSE((*third)->btf().HasUnsavedAnswers());
+
+  // The same layouts as the suite's model (no cache), answer by answer.
+  const TaskLayout& a = kernel_->task_layout();
+  const TaskLayout& b = (*third)->task_layout();
+  EXPECT_EQ(std::tie(a.tasks, a.pid, a.tgid, a.comm, a.stack, a.thread_sp, a.state, a.on_cpu, a.thread_size),
+            std::tie(b.tasks, b.pid, b.tgid, b.comm, b.stack, b.thread_sp, b.state, b.on_cpu, b.thread_size));
+  EXPECT_EQ((*third)->Summary().modules, kernel_->Summary().modules);
+  const auto answers = (*warm)->btf().recorded().answers;
+  EXPECT_GT(answers.size(), 40u);
+  for (const auto& [q, answer] : answers) {
+    EXPECT_EQ(AnswerText((*third)->btf(), q), AnswerText(kernel_->btf(), q)) << q.type << " " << q.path;
+  }
+  EXPECT_FALSE((*third)->btf().parsed());
+  std::cout << "BTF step: cold " << (*cold)->timings().btf_ms << " ms, warm " << (*third)->timings().btf_ms
+            << " ms; " << answers.size() << " answers\n";
+  std::system(("rm -rf " + std::string(dir)).c_str());
 }
 
 TEST_F(GuestKernelIntegrationTest, IdentityMatchesTheGuest) {
