@@ -66,10 +66,13 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   auto value_of = [&](std::string_view name) { return SymbolValue(k->symbols_, name); };
   Status decoded = [&]() -> Status {
     HV_ASSIGN_OR_RETURN(KallsymsLocation where, KallsymsDecoder::Locate(k->vmcoreinfo_));
-    HV_ASSIGN_OR_RETURN(KallsymsRaw raw, KallsymsDecoder::ReadRaw(kmem, where));
-    // The warm start: an entry decoded from the very same tables (see kallsyms_cache.h).
-    const KallsymsCacheKey key{k->vmcoreinfo_.build_id(), k->vmcoreinfo_.kernel_offset(),
-                               options.cache ? raw.Digest() : 0};
+    // The warm start: an entry decoded from the very same tables (see kallsyms_cache.h), checked
+    // by a digest of the tables streamed from guest memory (not copied: only a miss decodes).
+    std::uint64_t digest = 0;
+    if (options.cache) {
+      HV_ASSIGN_OR_RETURN(digest, KallsymsDecoder::DigestInPlace(kmem, where));
+    }
+    const KallsymsCacheKey key{k->vmcoreinfo_.build_id(), k->vmcoreinfo_.kernel_offset(), digest};
     const std::string store_key = options.cache ? key.StoreKey() : "";
     SymbolTable vmlinux;
     bool save = false;
@@ -89,6 +92,9 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
       }
     }
     if (vmlinux.size() == 0) {
+      HV_ASSIGN_OR_RETURN(KallsymsRaw raw, KallsymsDecoder::ReadRaw(kmem, where));
+      // The tables read for the decode are the ones the entry saved below is keyed by.
+      if (options.cache && raw.Digest() != digest) return Unavailable("kallsyms tables changed while read");
       HV_ASSIGN_OR_RETURN(SymbolList list, KallsymsDecoder::Decode(raw.tables()));
       if (list.empty()) return InvalidArgument("kallsyms holds no symbols");
       HV_RETURN_IF_ERROR(vmlinux.AddObject("", std::move(list)));

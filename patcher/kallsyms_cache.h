@@ -3,8 +3,9 @@
 // offset, which cannot change within one boot.
 //
 // Validated on use, never trusted: the entry records a digest of the raw kallsyms tables it was
-// decoded from (KallsymsRaw::Digest), and Build reads the tables from guest memory again (about
-// 1.5 MB, a few milliseconds) and uses the entry only when the digests match. Decode is
+// decoded from (KallsymsRaw::Digest), and Build digests the tables in guest memory again (about
+// 1.5 MB streamed through a small buffer, KallsymsDecoder::DigestInPlace: no copy of them) and
+// uses the entry only when the digests match. Decode is
 // deterministic, so a matching entry holds exactly what decoding would produce.
 //
 // What is saved is the finished vmlinux symbol table (SymbolTable::Image: records, names, name

@@ -1,7 +1,9 @@
 #include "patcher/kallsyms_decoder.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <span>
 #include <string_view>
 
 #include "base/hex.h"
@@ -62,37 +64,48 @@ KallsymsTables KallsymsRaw::tables() const {
   return t;
 }
 
-std::uint64_t KallsymsRaw::Digest() const {
-  // FNV-1a over 8-byte words (and the tail bytes), each table length-prefixed.
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&](std::uint64_t v) { h = (h ^ v) * 0x100000001b3ull; h ^= h >> 29; };
-  auto bytes = [&](const std::vector<std::uint8_t>& b) {
-    mix(b.size());
+// FNV-1a over 8-byte words (and the tail bytes), each table length-prefixed. Fed in pieces whose
+// sizes are multiples of 8, it gives what it gives fed whole: Digest and DigestInPlace agree.
+class TablesDigest {
+ public:
+  void Mix(std::uint64_t v) {
+    h_ = (h_ ^ v) * 0x100000001b3ull;
+    h_ ^= h_ >> 29;
+  }
+  void Bytes(std::span<const std::uint8_t> b) {
     std::size_t i = 0;
     for (; i + 8 <= b.size(); i += 8) {
       std::uint64_t w;
       std::memcpy(&w, b.data() + i, 8);
-      mix(w);
+      Mix(w);
     }
-    for (; i < b.size(); ++i) mix(b[i]);
-  };
-  mix(num_syms);
-  mix(relative_base);
-  mix(base_relative ? 1 : 2);
-  bytes(names);
-  bytes(token_table);
-  bytes(token_index);
-  bytes(values);
-  return h;
+    for (; i < b.size(); ++i) Mix(b[i]);
+  }
+  std::uint64_t value() const { return h_; }
+
+ private:
+  std::uint64_t h_ = 0xcbf29ce484222325ull;
+};
+
+std::uint64_t KallsymsRaw::Digest() const {
+  TablesDigest d;
+  d.Mix(num_syms);
+  d.Mix(relative_base);
+  d.Mix(base_relative ? 1 : 2);
+  for (const std::vector<std::uint8_t>* t : {&names, &token_table, &token_index, &values}) {
+    d.Mix(t->size());
+    d.Bytes(*t);
+  }
+  return d.value();
 }
 
-Result<KallsymsRaw> KallsymsDecoder::ReadRaw(const KernelMemory& mem, const KallsymsLocation& where) {
-  KallsymsRaw t;
+Result<KallsymsDecoder::Spans> KallsymsDecoder::Measure(const KernelMemory& mem, const KallsymsLocation& where) {
+  Spans s;
   Result<std::uint32_t> num = mem.ReadU32(where.num_syms);
   if (!num.ok()) return num.status().WithContext("reading kallsyms_num_syms");
-  t.num_syms = *num;
-  if (t.num_syms > kMaxSymbols) {
-    return InvalidArgument("kallsyms_num_syms " + std::to_string(t.num_syms) +
+  s.num_syms = *num;
+  if (s.num_syms > kMaxSymbols) {
+    return InvalidArgument("kallsyms_num_syms " + std::to_string(s.num_syms) +
                            " exceeds the limit of " + std::to_string(kMaxSymbols));
   }
   HV_ASSIGN_OR_RETURN(std::uint64_t names_size,
@@ -101,21 +114,53 @@ Result<KallsymsRaw> KallsymsDecoder::ReadRaw(const KernelMemory& mem, const Kall
   HV_ASSIGN_OR_RETURN(std::uint64_t tokens_size,
                       SpanTo("kallsyms_token_table", where.token_table, "kallsyms_token_index",
                              where.token_index, kMaxTokenTableBytes));
-  HV_ASSIGN_OR_RETURN(t.names, ReadTable(mem, "kallsyms_names", where.names, names_size));
-  HV_ASSIGN_OR_RETURN(t.token_table,
-                      ReadTable(mem, "kallsyms_token_table", where.token_table, tokens_size));
-  HV_ASSIGN_OR_RETURN(t.token_index, ReadTable(mem, "kallsyms_token_index", where.token_index, 512));
+  s.tables[0] = {"kallsyms_names", where.names, names_size};
+  s.tables[1] = {"kallsyms_token_table", where.token_table, tokens_size};
+  s.tables[2] = {"kallsyms_token_index", where.token_index, 512};
   if (where.offsets) {
-    HV_ASSIGN_OR_RETURN(t.values, ReadTable(mem, "kallsyms_offsets", where.offsets,
-                                            4ull * t.num_syms));
+    s.tables[3] = {"kallsyms_offsets", where.offsets, 4ull * s.num_syms};
     Result<std::uint64_t> base = mem.ReadU64(where.relative_base);
     if (!base.ok()) return base.status().WithContext("reading kallsyms_relative_base");
-    t.relative_base = *base;
-    t.base_relative = true;
+    s.relative_base = *base;
+    s.base_relative = true;
   } else {
-    HV_ASSIGN_OR_RETURN(t.values, ReadTable(mem, "kallsyms_addresses", where.addresses,
-                                            8ull * t.num_syms));
-    t.base_relative = false;
+    s.tables[3] = {"kallsyms_addresses", where.addresses, 8ull * s.num_syms};
+    s.base_relative = false;
+  }
+  return s;
+}
+
+Result<std::uint64_t> KallsymsDecoder::DigestInPlace(const KernelMemory& mem, const KallsymsLocation& where) {
+  HV_ASSIGN_OR_RETURN(Spans s, Measure(mem, where));
+  TablesDigest d;
+  d.Mix(s.num_syms);
+  d.Mix(s.relative_base);
+  d.Mix(s.base_relative ? 1 : 2);
+  // A small buffer used over and over: no allocation the size of the tables, so no page faults
+  // for them (the warm start reads nothing else of kallsyms).
+  std::array<std::uint8_t, 64 * 1024> buf;
+  for (const Spans::Table& t : s.tables) {
+    d.Mix(t.size);
+    for (std::uint64_t done = 0; done < t.size;) {
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), t.size - done));
+      Status read = mem.Read(t.start + done, std::span(buf.data(), n));
+      if (!read.ok()) return read.WithContext("reading " + std::string(t.name));
+      d.Bytes(std::span(buf.data(), n));
+      done += n;
+    }
+  }
+  return d.value();
+}
+
+Result<KallsymsRaw> KallsymsDecoder::ReadRaw(const KernelMemory& mem, const KallsymsLocation& where) {
+  HV_ASSIGN_OR_RETURN(Spans s, Measure(mem, where));
+  KallsymsRaw t;
+  t.num_syms = s.num_syms;
+  t.relative_base = s.relative_base;
+  t.base_relative = s.base_relative;
+  std::vector<std::uint8_t>* into[] = {&t.names, &t.token_table, &t.token_index, &t.values};
+  for (std::size_t i = 0; i < s.tables.size(); ++i) {
+    HV_ASSIGN_OR_RETURN(*into[i], ReadTable(mem, s.tables[i].name, s.tables[i].start, s.tables[i].size));
   }
   return t;
 }

@@ -18,8 +18,10 @@
 // (scripts/kallsyms fails the build if an offset does not fit).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <span>
 #include <vector>
 
@@ -81,12 +83,30 @@ class KallsymsDecoder {
                                                 const KallsymsLocation& where);
   // Only the copy: Read is ReadRaw + Decode. Errors as Read's read errors and bounds.
   static Result<KallsymsRaw> ReadRaw(const KernelMemory& mem, const KallsymsLocation& where);
+  // ReadRaw(...).Digest() without the copy: the tables stream through a 64 KiB buffer. What the
+  // warm start checks its cache entry with. Errors as ReadRaw.
+  static Result<std::uint64_t> DigestInPlace(const KernelMemory& mem, const KallsymsLocation& where);
 
   // Decodes symbols in table order (sympos and size are left for SymbolTable). Errors
   // (kInvalidArgument): num_syms over kMaxSymbols, a token index outside the token table, a token
   // without NUL, names truncated at symbol N, an empty symbol, a name over kMaxNameLength,
   // offsets/addresses shorter than num_syms.
   static Result<SymbolList> Decode(const KallsymsTables& tables);
+
+ private:
+  // Where each table is and how long, with the bounds checked: what ReadRaw copies and
+  // DigestInPlace streams, in the same order.
+  struct Spans {
+    struct Table {
+      std::string_view name;
+      std::uint64_t start = 0, size = 0;
+    };
+    std::uint32_t num_syms = 0;
+    std::array<Table, 4> tables;  // names, token table, token index, offsets or addresses
+    std::uint64_t relative_base = 0;
+    bool base_relative = true;
+  };
+  static Result<Spans> Measure(const KernelMemory& mem, const KallsymsLocation& where);
 };
 
 }  // namespace hv::patcher

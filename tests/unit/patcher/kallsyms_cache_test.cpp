@@ -9,6 +9,7 @@
 #include <map>
 
 #include "patcher/guest_kernel.h"
+#include "patcher/kallsyms_decoder.h"
 #include "status_matchers.h"
 #include "tests/unit/patcher/fake_guest_kernel.h"
 
@@ -219,6 +220,28 @@ TEST(KallsymsCacheTest, ChangedTablesInMemoryInvalidateTheEntry) {
   auto k = BuildWith(g, &store);
   ASSERT_THAT(k, IsOk());
   EXPECT_THAT((*k)->Summary().symbol_cache, HasSubstr("decoded from other kallsyms tables"));
+}
+
+// The warm start checks its entry with a digest streamed from guest memory; it must be the one
+// the cold start saved, taken over the copied tables.
+TEST(KallsymsCacheTest, TheStreamedDigestIsTheDigestOfTheCopiedTables) {
+  FakeGuestKernel g;
+  auto k = BuildWith(g, nullptr);
+  ASSERT_THAT(k, IsOk());
+  const KernelMemory kmem(g.mem(), (*k)->paging());
+  auto where = KallsymsDecoder::Locate((*k)->vmcoreinfo());
+  ASSERT_THAT(where, IsOk());
+  auto raw = KallsymsDecoder::ReadRaw(kmem, *where);
+  ASSERT_THAT(raw, IsOk());
+  auto streamed = KallsymsDecoder::DigestInPlace(kmem, *where);
+  ASSERT_THAT(streamed, IsOk());
+  EXPECT_EQ(*streamed, raw->Digest());
+  // And it sees a change in the last table's last entry.
+  const std::uint64_t last = g.Symbol("kallsyms_offsets") + 4 * (g.expected_symbols().size() - 1);
+  g.Write32(last, static_cast<std::uint32_t>(g.mem().Read64(g.Pa(last))) - 0x10);
+  auto changed = KallsymsDecoder::DigestInPlace(kmem, *where);
+  ASSERT_THAT(changed, IsOk());
+  EXPECT_NE(*changed, *streamed);
 }
 
 TEST(KallsymsCacheTest, WithoutAStoreNothingIsCached) {
