@@ -36,6 +36,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
                       {"cpus", k.cpus},
                       {"thread_size", k.thread_size},
                       {"vmcoreinfo_gpa", Hex(k.vmcoreinfo_gpa)},
+                      {"vmcoreinfo_source", k.vmcoreinfo_source},
                       {"vm", s.vm->Describe()},
                       {"ram_access", s.vm->RamAccess()},
                       {"running", running.ok() && *running}};
@@ -53,6 +54,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
     j["arena_error"] = arena.status().message();
   }
   j["patches"] = ledger.ok() ? ledger->patches.size() : 0;
+  if (!s.vmcoreinfo_hint_note.empty()) j["vmcoreinfo_hint_not_saved"] = s.vmcoreinfo_hint_note;
   if (o.json) {
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -63,6 +65,10 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
               k.vmlinux_symbols, k.symbol_source.c_str(), k.modules.size());
   for (const auto& m : k.modules) std::printf(" %s", m.c_str());
   std::printf("\ncpus            %d\n", k.cpus);
+  std::printf("vmcoreinfo      %s (%s)\n", Hex(k.vmcoreinfo_gpa).c_str(), k.vmcoreinfo_source.c_str());
+  if (!s.vmcoreinfo_hint_note.empty()) {
+    std::printf("                (location not saved for the next run: %s)\n", s.vmcoreinfo_hint_note.c_str());
+  }
   const std::string ram = s.vm->RamAccess();
   if (!ram.empty()) {
     std::printf("guest RAM       %s\n", ram.c_str());
