@@ -37,6 +37,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
                       {"cpus", k.cpus},
                       {"thread_size", k.thread_size},
                       {"vmcoreinfo_gpa", Hex(k.vmcoreinfo_gpa)},
+                      {"vmcoreinfo_source", k.vmcoreinfo_source},
                       {"vm", s.vm->Describe()},
                       {"ram_access", s.vm->RamAccess()},
                       {"running", running.ok() && *running}};
@@ -54,6 +55,7 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
     j["arena_error"] = arena.status().message();
   }
   j["patches"] = ledger.ok() ? ledger->patches.size() : 0;
+  if (!s.vmcoreinfo_hint_note.empty()) j["vmcoreinfo_hint_not_saved"] = s.vmcoreinfo_hint_note;
   if (o.json) {
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -66,6 +68,10 @@ static int RunInfo(const GlobalOptions& o, const std::vector<std::string>& args)
   std::printf("\ncpus            %d\n", k.cpus);
   if (!k.symbol_cache.empty() || !k.btf_cache.empty()) {
     std::printf("warm start      kallsyms %s; BTF %s\n", k.symbol_cache.c_str(), k.btf_cache.c_str());
+  }
+  std::printf("vmcoreinfo      %s (%s)\n", Hex(k.vmcoreinfo_gpa).c_str(), k.vmcoreinfo_source.c_str());
+  if (!s.vmcoreinfo_hint_note.empty()) {
+    std::printf("                (location not saved for the next run: %s)\n", s.vmcoreinfo_hint_note.c_str());
   }
   const std::string ram = s.vm->RamAccess();
   if (!ram.empty()) {

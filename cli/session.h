@@ -13,6 +13,7 @@
 #include "cli/kernel_cache_file.h"
 #include "cli/ledger_file.h"
 #include "cli/vm_lock.h"
+#include "cli/vmcoreinfo_hint_file.h"
 #include "patcher/guest_kernel.h"
 #include "patcher/guest_kernel_view.h"
 #include "patcher/patch_engine.h"
@@ -32,6 +33,7 @@ struct Session {
   std::unique_ptr<vmm::Vm> vm;
   std::unique_ptr<KernelCacheFile> kernel_cache;  // decoded kallsyms and BTF answers between runs
   std::unique_ptr<patcher::GuestKernel> kernel;
+  std::string vmcoreinfo_hint_note;  // why the location hint was not saved (empty: saved or unchanged)
   std::unique_ptr<patcher::GuestKernelView> view;
   std::unique_ptr<patcher::GuestKernelStacks> stacks;
   std::unique_ptr<LedgerFile> ledger;

@@ -52,7 +52,19 @@ Result<std::unique_ptr<GuestKernel>> GuestKernel::Build(const vmm::GuestPhysMemo
   std::unique_ptr<GuestKernel> k(new GuestKernel());
   const auto start = std::chrono::steady_clock::now();
   auto mark = start;
-  Result<Vmcoreinfo> info = Vmcoreinfo::Find(mem);
+  // The hint saves a pass over guest RAM; only a copy the vCPUs' page tables confirm is used.
+  Result<Vmcoreinfo> info = NotFound("no hint");
+  k->vmcoreinfo_source_ = "scan";
+  if (options.vmcoreinfo_hint) {
+    info = Vmcoreinfo::ReadAt(mem, *options.vmcoreinfo_hint, vcpus);
+    if (info.ok()) {
+      k->vmcoreinfo_source_ = "hint";
+    } else {
+      k->vmcoreinfo_source_ = "scan (hint " + Hex(*options.vmcoreinfo_hint) + " rejected: " +
+                              info.status().message() + ")";
+    }
+  }
+  if (!info.ok()) info = Vmcoreinfo::Find(mem, vcpus);
   if (!info.ok()) return info.status().WithContext("finding vmcoreinfo");
   k->vmcoreinfo_ = std::move(*info);
   Result<vmm::PagingMode> mode = PagingRoot(k->vmcoreinfo_, vcpus);
@@ -388,6 +400,7 @@ GuestKernelSummary GuestKernel::Summary() const {
   s.cpus = initial_tasks_.cpus.empty() ? nr_cpus_ : static_cast<int>(initial_tasks_.cpus.size());
   s.tasks = initial_tasks_.tasks.size();
   s.vmcoreinfo_gpa = vmcoreinfo_.found_at();
+  s.vmcoreinfo_source = vmcoreinfo_source_;
   s.thread_size = walker_ ? walker_->layout().thread_size : 0;
   return s;
 }

@@ -56,6 +56,9 @@ struct GuestKernelOptions {
   // then outlive the GuestKernel when `cache` is set (give the VM here when `mem` is a
   // short-lived view such as the build's vmm::CachedPhysMemory).
   const vmm::GuestPhysMemory* memory_after_build = nullptr;
+  // Where an earlier run found vmcoreinfo (GuestKernelSummary::vmcoreinfo_gpa): tried first
+  // (Vmcoreinfo::ReadAt, which needs the vCPU states), then the scan of guest RAM.
+  std::optional<std::uint64_t> vmcoreinfo_hint;
 };
 
 // What `hvpatch info` prints.
@@ -70,6 +73,7 @@ struct GuestKernelSummary {
   int cpus = 0;                     // nr_cpu_ids (read even when the task walk is skipped)
   std::size_t tasks = 0;            // from the build's walk (0 if skipped)
   std::uint64_t vmcoreinfo_gpa = 0;
+  std::string vmcoreinfo_source;    // "hint", "scan (hint 0x... rejected: WHY)", "scan"
   std::uint64_t thread_size = 0;
   std::string symbol_cache;         // "hit", "miss: WHY", or empty without a cache
   std::string btf_cache;            // likewise for the BTF answers (btf_answers.h)
@@ -82,8 +86,10 @@ struct GuestKernelTimings {
 
 class GuestKernel : public SymbolResolver {
  public:
-  // Builds the model. `vcpus` (their states in a pause) give the fallback paging root when
-  // vmcoreinfo has no init_top_pgt. The guest should be paused for a consistent task walk.
+  // Builds the model. `vcpus` (their states in a pause) confirm that the vmcoreinfo found
+  // belongs to the running kernel (Vmcoreinfo's live check; without them a location hint is
+  // not used) and give the fallback paging root when vmcoreinfo has no init_top_pgt. The guest
+  // should be paused for a consistent task walk.
   // Errors carry the failing step as context ("finding vmcoreinfo: ...", "decoding kallsyms: ...",
   // "reading BTF: ...", "reading modules: ...", "walking tasks: ..."), with the codes of the step.
   static Result<std::unique_ptr<GuestKernel>> Build(const vmm::GuestPhysMemory& mem,
@@ -155,6 +161,7 @@ class GuestKernel : public SymbolResolver {
   SymbolTable symbols_;
   std::string symbol_source_;
   std::string symbol_cache_;
+  std::string vmcoreinfo_source_;
   std::optional<KernelBtf> btf_;
   BtfAnswersKey btf_key_;
   std::string btf_cache_;

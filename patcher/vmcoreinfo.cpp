@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "base/hex.h"
+#include "vmm/page_walk.h"
 
 namespace hv::patcher {
 namespace {
@@ -17,6 +18,9 @@ constexpr std::uint64_t kScanChunk = 2ull << 20;
 constexpr int kMaxCandidates = 64;
 // new_utsname: sysname[65], nodename[65], release[65].
 constexpr std::uint64_t kUtsFieldLen = 65;
+// PTI_USER_PGTABLE_BIT (arch/x86/entry/calling.h, PAGE_SHIFT): set in CR3 while a vCPU under
+// PTI runs on the user half of its 8 KiB PGD pair.
+constexpr std::uint64_t kPtiUserPgdBit = 1ull << 12;
 
 template <typename T>
 bool ParseNumber(std::string_view s, int base, T* out) {
@@ -83,6 +87,50 @@ Status CheckAgainstImage(const vmm::GuestPhysMemory& mem, const Vmcoreinfo& info
                            "' differs from the live kernel's '" + std::string(live) + "'");
   }
   return Status::Ok();
+}
+
+// The live check (see the header): true when a vCPU's page tables map the candidate's kernel
+// image where the candidate says, false when no vCPU can tell (no usable vCPU state, or the
+// candidate names neither symbol or no phys_base), an error when the live tables contradict it.
+Result<bool> CheckAgainstVcpus(const vmm::GuestPhysMemory& mem, const Vmcoreinfo& info,
+                               std::span<const vmm::VcpuState> vcpus) {
+  std::string_view name = "init_uts_ns";
+  std::optional<std::uint64_t> va = info.Symbol(name);
+  if (!va) va = info.Symbol(name = "_stext");
+  const std::optional<std::int64_t> phys_base = info.Number("phys_base");
+  if (!va || !phys_base || *va < kStartKernelMap) return false;
+  const std::uint64_t want = *va - kStartKernelMap + static_cast<std::uint64_t>(*phys_base);
+  bool usable = false;
+  std::string seen;  // what the first usable vCPU's tables say instead
+  for (const vmm::VcpuState& v : vcpus) {
+    const bool paging = (v.cr0 >> 31) & 1, long_mode = (v.efer >> 10) & 1;  // CR0.PG, EFER.LMA
+    if (!paging || !long_mode) continue;
+    usable = true;
+    const std::uint64_t root = v.cr3 & vmm::pte::kAddrMask;  // drops the PCID and NOFLUSH bits
+    const std::uint64_t roots[2] = {root, root & ~kPtiUserPgdBit};
+    for (int i = 0; i < (root & kPtiUserPgdBit ? 2 : 1); ++i) {
+      const vmm::PagingMode mode{roots[i], v.la57(), ((v.efer >> 11) & 1) != 0};
+      Result<vmm::Translation> t = vmm::TranslateVirt(mem, mode, *va);
+      if (t.ok() && t->gpa == want) return true;
+      if (seen.empty()) {
+        seen = "vCPU " + std::to_string(v.index) +
+               (t.ok() ? " maps it to " + Hex(t->gpa) : ": " + t.status().message());
+      }
+    }
+  }
+  if (!usable) return false;
+  return InvalidArgument("stale copy: the live page tables do not map SYMBOL(" + std::string(name) +
+                         ") " + Hex(*va) + " to " + Hex(want) + " (" + seen + ")");
+}
+
+// Parses and checks one candidate (the scan's and the hint's acceptance test). `live` receives
+// whether the live check confirmed it.
+Result<Vmcoreinfo> Accept(const vmm::GuestPhysMemory& mem, std::string_view text,
+                          std::span<const vmm::VcpuState> vcpus, bool* live) {
+  HV_ASSIGN_OR_RETURN(Vmcoreinfo info, Vmcoreinfo::Parse(text));
+  HV_RETURN_IF_ERROR(CheckAgainstImage(mem, info));
+  HV_ASSIGN_OR_RETURN(*live, CheckAgainstVcpus(mem, info, vcpus));
+  return info;
 }
 
 }  // namespace
@@ -152,7 +200,8 @@ Result<Vmcoreinfo> Vmcoreinfo::Parse(std::string_view text) {
   return info;
 }
 
-Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
+Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem,
+                                    std::span<const vmm::VcpuState> vcpus) {
   // Where guest RAM is mapped here, the scan loads each page's first byte in place instead of
   // copying every page (perf, `hvpatch apply` on a 512 MiB guest: the scan went from 14% to
   // 12% of the command; what is left is one cache and TLB miss per page). A page that passes
@@ -187,14 +236,14 @@ Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
                           std::to_string(kMaxCandidates) + " candidates: " +
                           first_rejection.message());
         }
-        Result<Vmcoreinfo> parsed = Parse(text);
-        Status verdict = parsed.ok() ? CheckAgainstImage(mem, *parsed) : parsed.status();
-        if (verdict.ok()) {
-          parsed->found_at_ = at + off;
-          return parsed;
+        bool live = false;
+        Result<Vmcoreinfo> accepted = Accept(mem, text, vcpus, &live);
+        if (accepted.ok()) {
+          accepted->found_at_ = at + off;
+          return accepted;
         }
         if (first_rejection.ok()) {
-          first_rejection = verdict.WithContext("candidate at " + Hex(at + off));
+          first_rejection = accepted.status().WithContext("candidate at " + Hex(at + off));
         }
       }
     }
@@ -205,6 +254,23 @@ Result<Vmcoreinfo> Vmcoreinfo::Find(const vmm::GuestPhysMemory& mem) {
   }
   return NotFound(std::to_string(candidates) + " vmcoreinfo candidates rejected: " +
                   first_rejection.message());
+}
+
+Result<Vmcoreinfo> Vmcoreinfo::ReadAt(const vmm::GuestPhysMemory& mem, std::uint64_t gpa,
+                                      std::span<const vmm::VcpuState> vcpus) {
+  if (gpa % kPage != 0) return InvalidArgument("address " + Hex(gpa) + " is not page aligned");
+  std::vector<std::uint8_t> page(kPage);
+  HV_RETURN_IF_ERROR(mem.ReadPhys(gpa, page));
+  const std::string_view text = CandidateText(page);
+  if (text.empty()) return NotFound("no vmcoreinfo at " + Hex(gpa));
+  bool live = false;
+  HV_ASSIGN_OR_RETURN(Vmcoreinfo info, Accept(mem, text, vcpus, &live));
+  if (!live) {
+    return FailedPrecondition("no vCPU state can confirm the vmcoreinfo at " + Hex(gpa) +
+                              " belongs to the running kernel");
+  }
+  info.found_at_ = gpa;
+  return info;
 }
 
 std::optional<std::uint64_t> Vmcoreinfo::Symbol(std::string_view name) const {

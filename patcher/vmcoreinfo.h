@@ -12,6 +12,23 @@
 //   the live kernel image equals its OSRELEASE. That rejects stale copies (a kexec'd-away kernel,
 //   freed page-cache pages holding such text).
 //
+// The live check (when vCPU state is given): after a reboot of the same VM, the old kernel's
+// pages are not cleared, and the old init_uts_ns at its old physical place may still hold the
+// same release string, so a stale copy of the same kernel build passes the check above with the
+// old KASLR offset and phys_base. The vCPUs' page tables are the new kernel's, though: the
+// candidate's SYMBOL(init_uts_ns) (else SYMBOL(_stext)) must translate through a vCPU's CR3 to
+// the physical address the candidate implies (symbol - __START_KERNEL_map + phys_base). Every
+// kernel page table maps the kernel half alike; a vCPU in user mode under PTI runs on the user
+// half of an 8 KiB PGD pair (arch/x86/mm/pti.c: the user PGD is the kernel PGD + 4 KiB, and maps
+// no kernel data), so its CR3 with bit 12 cleared is tried too. Only vCPUs with long-mode paging
+// on count (not one in firmware mid-reboot). A candidate no usable vCPU maps as it says is
+// rejected; with no usable vCPU the check cannot run and the scan accepts as above.
+//
+// The location hint: the copy does not move within a boot and rarely across boots, so the
+// caller may remember found_at() (the CLI keeps it per VM in the state directory) and pass it to
+// ReadAt, which costs one page read instead of a pass over RAM. ReadAt accepts only a candidate
+// the live check confirmed, since a hint is exactly where a stale copy survives a reboot.
+//
 // Value formats (include/linux/crash_core.h): SYMBOL(x) and KERNELOFFSET are hex without "0x";
 // OFFSET, SIZE, LENGTH and PAGESIZE are unsigned decimal; NUMBER is signed decimal.
 #pragma once
@@ -19,12 +36,14 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "base/status.h"
 #include "vmm/guest_memory.h"
+#include "vmm/vm.h"
 
 namespace hv::patcher {
 
@@ -41,10 +60,20 @@ class Vmcoreinfo {
   // KERNELOFFSET value, or a BUILD-ID that is not hex.
   static Result<Vmcoreinfo> Parse(std::string_view text);
 
-  // Scans guest RAM as described above. Errors: kNotFound when no page holds an acceptable
-  // vmcoreinfo (the message says how many candidates were rejected and why the first one was);
-  // read errors from `mem` are returned with context.
-  static Result<Vmcoreinfo> Find(const vmm::GuestPhysMemory& mem);
+  // Scans guest RAM as described above; each candidate also passes the live check against
+  // `vcpus` (their states in a pause) when any of them can run it. Errors: kNotFound when no
+  // page holds an acceptable vmcoreinfo (the message says how many candidates were rejected and
+  // why the first one was); read errors from `mem` are returned with context.
+  static Result<Vmcoreinfo> Find(const vmm::GuestPhysMemory& mem,
+                                 std::span<const vmm::VcpuState> vcpus = {});
+
+  // The copy at `gpa` (a location hint: either shape), accepted only when it passes the checks
+  // above including the live check. Errors: kInvalidArgument for a `gpa` that is not page
+  // aligned or not guest RAM, kNotFound when the page holds no vmcoreinfo, kInvalidArgument
+  // when it is malformed or fails a check ("stale copy: ..."), kFailedPrecondition when no vCPU
+  // state can confirm it.
+  static Result<Vmcoreinfo> ReadAt(const vmm::GuestPhysMemory& mem, std::uint64_t gpa,
+                                   std::span<const vmm::VcpuState> vcpus);
 
   const std::string& os_release() const { return os_release_; }
   // Lower-case hex as the kernel prints it (GNU build-id, usually 40 digits); empty if absent.

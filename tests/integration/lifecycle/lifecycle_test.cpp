@@ -3,6 +3,7 @@
 //   1. apply, revert, QEMU stopped and started again at the same QMP path: apply works.
 //   2. apply, then system_reset inside the same QEMU: list shows no live patch, revert writes
 //      nothing, apply works.
+//   2c. the vmcoreinfo location hint within a boot and across a reboot.
 //   3. apply, migrate to a file, a new QEMU with -incoming and a zeroed arena file: still
 //      patched, list shows it, revert restores.
 // Each test boots its own guest in a directory it keeps across QEMU restarts (same QMP path,
@@ -18,6 +19,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -178,6 +180,97 @@ TEST_F(LifecycleTest, SystemResetWithNokaslrIsToldApartByTheArenaPmdEntry) {
   HvpatchRun r = Hv({"revert", Domain(), "hvp_sample"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_EQ(Guest("cat /proc/cmdline"), original);
+}
+
+// 2c. The vmcoreinfo location hint (STATE_DIR/<vm>.vmcoreinfo): within a boot the next
+// command reads the page the last one found instead of scanning guest RAM. After a reboot
+// (KASLR moves the kernel; the old page may still hold the old boot's copy, and the old
+// init_uts_ns the old release) the hint is used only if the vCPUs' page tables confirm it, and
+// the KASLR offset is the new boot's, as the guest's own /proc/kallsyms says.
+TEST_F(LifecycleTest, VmcoreinfoHintIsUsedWithinABootAndCheckedAgainstTheVcpusAfterAReboot) {
+  TestVmOptions o;
+  o.no_reboot = false;
+  ASSERT_NO_FATAL_FAILURE(Boot(o));
+  auto info = [&]() -> json {
+    HvpatchRun r = Hv({"--json", "info", Domain()});
+    EXPECT_EQ(r.exit_code, 0) << Describe(r);
+    json j = json::parse(r.out, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << r.out;
+    return j.is_object() ? j : json::object();
+  };
+  // _text is linked at __START_KERNEL (CONFIG_PHYSICAL_START 16 MiB above __START_KERNEL_map).
+  auto guest_kaslr = [&] {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "0x%llx",
+                  static_cast<unsigned long long>(KallsymsAddress("_text") - 0xffffffff81000000ull));
+    return std::string(buf);
+  };
+  const json first = info();
+  EXPECT_EQ(first["vmcoreinfo_source"], "scan") << first.dump();
+  const json second = info();
+  EXPECT_EQ(second["vmcoreinfo_source"], "hint") << second.dump();
+  EXPECT_EQ(second["vmcoreinfo_gpa"], first["vmcoreinfo_gpa"]);
+  EXPECT_EQ(second["build_id"], first["build_id"]);
+  EXPECT_EQ(second["kaslr_offset"], first["kaslr_offset"]);
+  EXPECT_EQ(second["kaslr_offset"], guest_kaslr());
+
+  // One guest page read or written from the host through our own connection (no hvpatch).
+  auto phys_page = [&](std::uint64_t gpa, const std::vector<std::uint8_t>* write) -> std::vector<std::uint8_t> {
+    std::vector<std::uint8_t> page(4096);
+    auto vm = vmm::Open(Domain());
+    EXPECT_THAT(vm, IsOk());
+    if (!vm.ok()) return {};
+    EXPECT_THAT((*vm)->Pause(), IsOk());
+    EXPECT_THAT(write ? (*vm)->WritePhys(gpa, *write) : (*vm)->ReadPhys(gpa, page), IsOk());
+    EXPECT_THAT((*vm)->Resume(), IsOk());
+    return page;
+  };
+  auto gpa_of = [](const json& j) { return std::stoull(j["vmcoreinfo_gpa"].get<std::string>(), nullptr, 16); };
+  const std::vector<std::uint8_t> old_copy = phys_page(gpa_of(first), nullptr);
+
+  const int boots = vm_->Boots();
+  ASSERT_NO_FATAL_FAILURE(Qmp("system_reset"));
+  ASSERT_THAT(vm_->WaitForBoot(boots), IsOk());
+  const std::string kaslr = guest_kaslr();
+  const json rebooted = info();
+  EXPECT_EQ(rebooted["kaslr_offset"], kaslr) << rebooted.dump();
+  EXPECT_EQ(rebooted["build_id"], first["build_id"]);
+  if (rebooted["vmcoreinfo_source"] != "hint") {
+    EXPECT_THAT(rebooted["vmcoreinfo_source"].get<std::string>(),
+                HasSubstr("scan (hint " + first["vmcoreinfo_gpa"].get<std::string>() + " rejected: "));
+  }
+  std::printf("[figure] after the reboot: vmcoreinfo at %s (KASLR %s), from %s\n",
+              rebooted["vmcoreinfo_gpa"].get<std::string>().c_str(), kaslr.c_str(),
+              rebooted["vmcoreinfo_source"].get<std::string>().c_str());
+
+  // The case the live check is for: the hinted page holds the old boot's copy (same build and
+  // release, old KASLR; here put back by the test where the new boot's first copy is, as a boot
+  // that allocated its copy elsewhere would have left it). Only kdump reads that page; the
+  // kernel's second copy is untouched, and the new copy is restored afterwards.
+  const std::uint64_t live_gpa = gpa_of(rebooted);
+  const std::vector<std::uint8_t> new_copy = phys_page(live_gpa, nullptr);
+  const bool planted = kaslr != first["kaslr_offset"] && new_copy.size() == 4096 && old_copy.size() == 4096;
+  json stale = rebooted;
+  if (planted) {
+    phys_page(live_gpa, &old_copy);
+    stale = info();
+    phys_page(live_gpa, &new_copy);
+    EXPECT_EQ(stale["kaslr_offset"], kaslr) << stale.dump();
+    EXPECT_THAT(stale["vmcoreinfo_source"].get<std::string>(),
+                HasSubstr("scan (hint " + rebooted["vmcoreinfo_gpa"].get<std::string>() + " rejected: stale copy: "));
+    EXPECT_NE(stale["vmcoreinfo_gpa"], rebooted["vmcoreinfo_gpa"]) << "the kernel's other copy";
+    std::printf("[figure] stale copy planted at the hint: %s; used %s\n",
+                stale["vmcoreinfo_source"].get<std::string>().c_str(), stale["vmcoreinfo_gpa"].get<std::string>().c_str());
+  } else {
+    std::printf("[figure] KASLR repeated across the reboot: no stale copy planted\n");
+  }
+  const json after = info();
+  EXPECT_EQ(after["kaslr_offset"], kaslr) << after.dump();
+  EXPECT_EQ(after["build_id"], first["build_id"]);
+  // The hint saved by the run before is a copy of this boot (the other one, if the stale copy
+  // was planted).
+  EXPECT_EQ(after["vmcoreinfo_source"], "hint") << after.dump();
+  EXPECT_EQ(after["vmcoreinfo_gpa"], stale["vmcoreinfo_gpa"]);
 }
 
 // 3. Save/restore: the migration stream carries guest RAM and the arena (master=on), so the

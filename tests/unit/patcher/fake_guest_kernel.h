@@ -219,6 +219,8 @@ class FakeGuestKernel {
       v.cs = 0x10;
       v.gs_base = base;
       v.cr3 = Pa(root_va_);
+      v.cr0 = 0x80050033;  // PG, WP, NE, ET, MP, PE: what Linux runs with
+      v.efer = 0xd01;      // NXE, LMA, LME, SCE
       v.rsp = cpu == 0 ? s["__start_init_task"] + kThreadSize - 0x300 : 0x7ffc0000;
       if (cpu == 1) v.cs = 0x33;  // CPU 1 runs init in user mode
       if (cpu == 1) v.kernel_gs_base = base, v.gs_base = 0;
@@ -534,6 +536,43 @@ class FakeGuestKernel {
 
  public:
   const std::string& vmcoreinfo_text() const { return vmcoreinfo_text_; }
+
+  // What a previous boot of the same kernel build left behind: its vmcoreinfo (bare text, at
+  // `pa`) with the image `va_shift` bytes higher in virtual memory and at `old_image_pa` in
+  // physical memory, and that boot's init_uts_ns at its old physical place still holding the
+  // same release, so the check against the image alone accepts the copy. Returns the text.
+  std::string WriteStaleVmcoreinfo(std::uint64_t pa, std::uint64_t va_shift, std::uint64_t old_image_pa) {
+    const std::uint64_t old_image_va = kImageVa + va_shift;
+    const std::int64_t old_phys_base =
+        static_cast<std::int64_t>(old_image_pa - (old_image_va - patcher::kStartKernelMap));
+    std::string out;
+    std::size_t at = 0;
+    while (at < vmcoreinfo_text_.size()) {
+      const std::size_t nl = vmcoreinfo_text_.find('\n', at);
+      std::string line = vmcoreinfo_text_.substr(at, nl - at);
+      at = nl + 1;
+      const std::size_t eq = line.find('=');
+      const std::string key = line.substr(0, eq);
+      char buf[64];
+      if (key.rfind("SYMBOL(", 0) == 0) {
+        const std::uint64_t v = std::stoull(line.substr(eq + 1), nullptr, 16);
+        std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v + va_shift));
+        line = key + "=" + buf;
+      } else if (key == "NUMBER(phys_base)") {
+        line = key + "=" + std::to_string(old_phys_base);
+      } else if (key == "KERNELOFFSET") {
+        std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(kKaslr + va_shift));
+        line = key + "=" + buf;
+      }
+      out += line + "\n";
+    }
+    mem_.Write(pa, std::vector<std::uint8_t>(4096, 0));
+    mem_.Write(pa, std::span(reinterpret_cast<const std::uint8_t*>(out.data()), out.size()));
+    const std::string release = kRelease;
+    mem_.Write(old_image_pa + (Symbol("init_uts_ns") - kImageVa) + 2 * 65,
+               std::span(reinterpret_cast<const std::uint8_t*>(release.c_str()), release.size() + 1));
+    return out;
+  }
 
  private:
   FakePhysMemory mem_;

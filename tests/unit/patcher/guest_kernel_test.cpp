@@ -556,6 +556,71 @@ TEST(GuestKernelTest, RejectsKallsymsCountBeyondTheNames) {
                                      HasSubstr("decoding kallsyms: kallsyms symbol")));
 }
 
+TEST(GuestKernelTest, TakesVmcoreinfoFromAHintTheVcpusConfirm) {
+  FakeGuestKernel g;
+  GuestKernelOptions o;
+  auto k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().vmcoreinfo_source, "scan");
+  o.vmcoreinfo_hint = (*k)->Summary().vmcoreinfo_gpa;
+  k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().vmcoreinfo_source, "hint");
+  EXPECT_EQ((*k)->Summary().vmcoreinfo_gpa, FakeGuestKernel::kVmcoreinfoPa);
+  EXPECT_EQ((*k)->kaslr_offset(), FakeGuestKernel::kKaslr);
+  // A second live copy (the kernel keeps two: the data page and the note), after the first:
+  // the scan would not reach it, the hint does.
+  const std::string& text = g.vmcoreinfo_text();
+  g.mem().Write(0x500000, std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  o.vmcoreinfo_hint = 0x500000;
+  k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().vmcoreinfo_source, "hint");
+  EXPECT_EQ((*k)->vmcoreinfo().found_at(), 0x500000u);
+}
+
+TEST(GuestKernelTest, ScansWhenTheHintHoldsNoVmcoreinfo) {
+  FakeGuestKernel g;
+  GuestKernelOptions o;
+  o.vmcoreinfo_hint = 0x500000;  // zeroes
+  auto k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ((*k)->Summary().vmcoreinfo_source,
+            "scan (hint 0x500000 rejected: no vmcoreinfo at 0x500000)");
+  EXPECT_EQ((*k)->vmcoreinfo().found_at(), FakeGuestKernel::kVmcoreinfoPa);
+  o.vmcoreinfo_hint = FakeGuestKernel::kRamSize + 0x1000;  // the VM got smaller
+  k = BuildFrom(g, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT((*k)->Summary().vmcoreinfo_source,
+              ::testing::StartsWith("scan (hint 0x4001000 rejected: guest-physical address 0x4001000 is not guest RAM"));
+  EXPECT_EQ((*k)->vmcoreinfo().found_at(), FakeGuestKernel::kVmcoreinfoPa);
+  // Without vCPU state nothing can confirm a hint.
+  o.vmcoreinfo_hint = FakeGuestKernel::kVmcoreinfoPa;
+  k = GuestKernel::Build(g.mem(), {}, o);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT((*k)->Summary().vmcoreinfo_source, HasSubstr("rejected: no vCPU state can confirm"));
+}
+
+// After a reboot with a new KASLR, the hinted page may still hold the previous boot's copy, and
+// the previous init_uts_ns may still hold the same release: the vCPUs' page tables tell.
+TEST(GuestKernelTest, RejectsAStaleHintAfterAReboot) {
+  FakeGuestKernel g;
+  constexpr std::uint64_t kStalePa = 0x100000;
+  for (std::uint64_t va_shift : {std::uint64_t{0}, std::uint64_t{64} << 20}) {
+    g.WriteStaleVmcoreinfo(kStalePa, va_shift, 0x600000);
+    GuestKernelOptions o;
+    o.vmcoreinfo_hint = kStalePa;
+    auto k = BuildFrom(g, o);
+    ASSERT_THAT(k, IsOk()) << "va_shift " << va_shift;
+    EXPECT_THAT((*k)->Summary().vmcoreinfo_source,
+                ::testing::StartsWith("scan (hint 0x100000 rejected: stale copy: the live page tables do not map "
+                                      "SYMBOL(init_uts_ns)"));
+    EXPECT_EQ((*k)->vmcoreinfo().found_at(), FakeGuestKernel::kVmcoreinfoPa);
+    EXPECT_EQ((*k)->kaslr_offset(), FakeGuestKernel::kKaslr);
+    EXPECT_EQ((*k)->symbols().size(), g.expected_symbols().size() + 4);
+  }
+}
+
 TEST(GuestKernelTest, FailsWithoutVmcoreinfo) {
   FakeGuestKernel g;
   std::vector<std::uint8_t> zero(4096, 0);

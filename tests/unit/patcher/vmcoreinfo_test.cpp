@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "base/hex.h"
 #include "status_matchers.h"
 #include "tests/unit/fake_phys_memory.h"
 #include "tests/unit/patcher/fake_guest_kernel.h"
@@ -115,6 +116,122 @@ TEST(VmcoreinfoTest, RejectsAStaleCopyThatDisagreesWithTheLiveKernel) {
               StatusIs(Code::kNotFound, HasSubstr("candidate at 0x200000: stale copy: OSRELEASE "
                                                   "'5.10.0-old-amd64' differs from the live "
                                                   "kernel's '6.1.0-fake-amd64'")));
+}
+
+// A page holding `text` as the kernel's ELF note (vmcoreinfo_note).
+std::vector<std::uint8_t> Note(const std::string& text) {
+  std::vector<std::uint8_t> note(24 + text.size());
+  const std::uint32_t hdr[3] = {11, static_cast<std::uint32_t>(text.size()), 0};
+  std::memcpy(note.data(), hdr, 12);
+  std::memcpy(note.data() + 12, "VMCOREINFO", 11);
+  std::memcpy(note.data() + 24, text.data(), text.size());
+  return note;
+}
+
+using testing::FakeGuestKernel;
+
+// Where the fake's stale copies go: below the live copy, so the scan meets them first.
+constexpr std::uint64_t kStalePa = 0x100000;
+constexpr std::uint64_t kOldImagePa = 0x600000;
+// An earlier boot's KASLR: 64 MiB higher, where the live kernel maps nothing.
+constexpr std::uint64_t kOldVaShift = 64ull << 20;
+
+TEST(VmcoreinfoTest, ReadsEitherShapeAtAHintTheVcpusConfirm) {
+  FakeGuestKernel g;
+  const auto vcpus = g.vcpus();
+  auto v = Vmcoreinfo::ReadAt(g.mem(), FakeGuestKernel::kVmcoreinfoPa, vcpus);
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(v->found_at(), FakeGuestKernel::kVmcoreinfoPa);
+  EXPECT_EQ(v->kernel_offset(), FakeGuestKernel::kKaslr);
+  g.mem().Write(0x500000, Note(g.vmcoreinfo_text()));
+  v = Vmcoreinfo::ReadAt(g.mem(), 0x500000, vcpus);
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(v->found_at(), 0x500000u);
+  EXPECT_EQ(v->os_release(), FakeGuestKernel::kRelease);
+}
+
+TEST(VmcoreinfoTest, RefusesAHintThatHoldsNoVmcoreinfo) {
+  FakeGuestKernel g;
+  const auto vcpus = g.vcpus();
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), 0x500000, vcpus),
+              StatusIs(Code::kNotFound, HasSubstr("no vmcoreinfo at 0x500000")));
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), FakeGuestKernel::kRamSize + 0x1000, vcpus),
+              StatusIs(Code::kInvalidArgument, HasSubstr("is not guest RAM")));
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), FakeGuestKernel::kVmcoreinfoPa + 8, vcpus),
+              StatusIs(Code::kInvalidArgument, HasSubstr("0x300008 is not page aligned")));
+}
+
+// A stale copy of the same build from an earlier boot passes the image check (its old
+// init_uts_ns still holds the release); the vCPUs' page tables show it is not this boot's.
+TEST(VmcoreinfoTest, RefusesAStaleCopyAtTheHintThatTheLivePageTablesContradict) {
+  FakeGuestKernel g;
+  const auto vcpus = g.vcpus();
+  // Virtual KASLR unchanged, physical placement changed: the symbol maps elsewhere.
+  g.WriteStaleVmcoreinfo(kStalePa, 0, kOldImagePa);
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), kStalePa, {}),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("no vCPU state can confirm")));
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), kStalePa, vcpus),
+              StatusIs(Code::kInvalidArgument,
+                       HasSubstr("stale copy: the live page tables do not map SYMBOL(init_uts_ns) " +
+                                 Hex(g.Symbol("init_uts_ns")) + " to " +
+                                 Hex(kOldImagePa + g.Symbol("init_uts_ns") - FakeGuestKernel::kImageVa) +
+                                 " (vCPU 0 maps it to " + Hex(g.Pa(g.Symbol("init_uts_ns"))) + ")")));
+  // Both changed: the old address is not mapped at all.
+  g.WriteStaleVmcoreinfo(kStalePa, kOldVaShift, kOldImagePa);
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), kStalePa, vcpus),
+              StatusIs(Code::kInvalidArgument, HasSubstr("(vCPU 0: ")));
+}
+
+TEST(VmcoreinfoTest, TheScanPrefersTheLiveCopyToAStaleOne) {
+  FakeGuestKernel g;
+  const auto vcpus = g.vcpus();
+  g.WriteStaleVmcoreinfo(kStalePa, kOldVaShift, kOldImagePa);
+  // Without vCPU state the stale copy, met first, passes (the image check alone).
+  auto v = Vmcoreinfo::Find(g.mem());
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(v->found_at(), kStalePa);
+  EXPECT_EQ(v->kernel_offset(), FakeGuestKernel::kKaslr + kOldVaShift);
+  for (bool direct : {false, true}) {
+    g.mem().set_direct(direct);
+    v = Vmcoreinfo::Find(g.mem(), vcpus);
+    ASSERT_THAT(v, IsOk());
+    EXPECT_EQ(v->found_at(), FakeGuestKernel::kVmcoreinfoPa) << "direct " << direct;
+    EXPECT_EQ(v->kernel_offset(), FakeGuestKernel::kKaslr) << "direct " << direct;
+  }
+  std::vector<std::uint8_t> zero(4096, 0);
+  g.mem().Write(FakeGuestKernel::kVmcoreinfoPa, zero);
+  EXPECT_THAT(Vmcoreinfo::Find(g.mem(), vcpus),
+              StatusIs(Code::kNotFound, HasSubstr("candidate at 0x100000: stale copy: the live page "
+                                                  "tables do not map SYMBOL(init_uts_ns)")));
+}
+
+// Under PTI a vCPU in user mode runs on the user half of its PGD pair (CR3 bit 12 set, with a
+// user PCID), which maps no kernel data; the kernel half is the page below.
+TEST(VmcoreinfoTest, LooksThroughAPtiUserPageTable) {
+  FakeGuestKernel g;
+  std::vector<vmm::VcpuState> vcpus = {g.vcpus().front()};
+  constexpr std::uint64_t kPgdPair = 0x400000;
+  std::vector<std::uint8_t> kernel_pgd(4096);
+  ASSERT_THAT(g.mem().ReadPhys(vcpus[0].cr3, kernel_pgd), IsOk());
+  g.mem().Write(kPgdPair, kernel_pgd);  // the user half at kPgdPair + 4 KiB stays empty
+  vcpus[0].cr3 = (1ull << 63) | (kPgdPair + 0x1000) | 0x800 | 5;  // NOFLUSH, user PCID 5
+  vcpus[0].cs = 0x33;
+  auto v = Vmcoreinfo::ReadAt(g.mem(), FakeGuestKernel::kVmcoreinfoPa, vcpus);
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(v->found_at(), FakeGuestKernel::kVmcoreinfoPa);
+}
+
+// A vCPU without long-mode paging (firmware during a reboot) says nothing about the kernel:
+// the hint is not trusted, and the scan accepts as it does without vCPU state.
+TEST(VmcoreinfoTest, IgnoresVcpusWithoutPaging) {
+  FakeGuestKernel g;
+  std::vector<vmm::VcpuState> vcpus = g.vcpus();
+  for (vmm::VcpuState& v : vcpus) v.cr0 = 0x10, v.efer = 0, v.cr3 = 0;
+  EXPECT_THAT(Vmcoreinfo::ReadAt(g.mem(), FakeGuestKernel::kVmcoreinfoPa, vcpus),
+              StatusIs(Code::kFailedPrecondition, HasSubstr("no vCPU state can confirm the vmcoreinfo at 0x300000")));
+  auto v = Vmcoreinfo::Find(g.mem(), vcpus);
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(v->found_at(), FakeGuestKernel::kVmcoreinfoPa);
 }
 
 }  // namespace
