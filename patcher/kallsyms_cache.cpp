@@ -25,23 +25,29 @@ struct Header {
 };
 static_assert(sizeof(Header) % 8 == 0);
 
-// A 64-bit FNV-1a over 8-byte words: it tells a torn or damaged file, at memory speed (the
-// entry is ~6 MB, read whole on every warm start).
+// FNV-1a over 8-byte words in four interleaved lanes, folded at the end: it tells a torn or
+// damaged file at memory speed (the entry is ~6 MB, read whole on every warm start; one lane
+// waits on each multiply in turn, four keep the multiplier busy).
 std::uint64_t Checksum(const Header& h, std::string_view image) {
-  std::uint64_t sum = 0xcbf29ce484222325ull;
-  auto mix = [&](std::string_view b) {
-    std::size_t i = 0;
-    for (; i + 8 <= b.size(); i += 8) {
-      std::uint64_t w;
-      std::memcpy(&w, b.data() + i, 8);
-      sum = (sum ^ w) * 0x100000001b3ull;
-    }
-    for (; i < b.size(); ++i) sum = (sum ^ static_cast<unsigned char>(b[i])) * 0x100000001b3ull;
-  };
+  constexpr std::uint64_t kPrime = 0x100000001b3ull;
+  std::uint64_t lane[4] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull, 0x9ce484222325cbf2ull, 0x2325cbf29ce48422ull};
   Header zeroed = h;
   zeroed.checksum = 0;
-  mix(std::string_view(reinterpret_cast<const char*>(&zeroed), sizeof(zeroed)));
-  mix(image);
+  auto word = [](const char* p) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    return w;
+  };
+  for (std::size_t i = 0; i < sizeof(zeroed); i += 8) {
+    lane[0] = (lane[0] ^ word(reinterpret_cast<const char*>(&zeroed) + i)) * kPrime;
+  }
+  std::size_t i = 0;
+  for (; i + 32 <= image.size(); i += 32) {
+    for (int l = 0; l < 4; ++l) lane[l] = (lane[l] ^ word(image.data() + i + 8 * l)) * kPrime;
+  }
+  for (; i < image.size(); ++i) lane[0] = (lane[0] ^ static_cast<unsigned char>(image[i])) * kPrime;
+  std::uint64_t sum = image.size();
+  for (std::uint64_t l : lane) sum = (sum ^ l) * kPrime;
   return sum;
 }
 

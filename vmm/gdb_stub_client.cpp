@@ -380,6 +380,33 @@ Status GdbStubClient::ReadMemory(std::uint64_t addr, std::span<std::uint8_t> out
   return Status::Ok();
 }
 
+Result<std::vector<std::vector<std::uint8_t>>> GdbStubClient::ReadMemoryAt(std::span<const std::uint64_t> addrs,
+                                                                           std::size_t bytes) {
+  if (bytes == 0 || bytes > kQemuMaxReadBytes) {
+    return InvalidArgument("a pipelined read of " + std::to_string(bytes) + " bytes (1.." +
+                           std::to_string(kQemuMaxReadBytes) + ")");
+  }
+  std::vector<std::vector<std::uint8_t>> out;
+  for (std::size_t first = 0; first < addrs.size(); first += kMaxBatch) {
+    const std::size_t n = std::min(kMaxBatch, addrs.size() - first);
+    std::vector<std::string> packets;
+    for (std::size_t i = 0; i < n; ++i) packets.push_back(MemoryReadPacket(addrs[first + i], bytes));
+    HV_ASSIGN_OR_RETURN(std::vector<std::string> replies, CommandBatch(packets));
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint64_t addr = addrs[first + i];
+      Status s = CheckRspReply("m", replies[i]);
+      if (!s.ok()) return s.WithContext("reading " + Hex(addr));
+      HV_ASSIGN_OR_RETURN(std::vector<std::uint8_t> got, DecodeHexBytes(replies[i]));
+      if (got.size() != bytes) {
+        return InvalidArgument("gdbstub returned " + std::to_string(got.size()) + " bytes for " +
+                               std::to_string(bytes) + " at " + Hex(addr));
+      }
+      out.push_back(std::move(got));
+    }
+  }
+  return out;
+}
+
 Status GdbStubClient::WriteMemory(std::uint64_t addr, std::span<const std::uint8_t> data) {
   const std::vector<std::string> packets = MemoryWritePackets(addr, data);
   // Pipelined: a 4 KiB page is two packets, one round trip.

@@ -84,6 +84,10 @@ class GdbStubClient {
   // m, split into QEMU-sized requests. Errors: kFailedPrecondition when the stub refuses
   // (unmapped address), naming the address.
   Status ReadMemory(std::uint64_t addr, std::span<std::uint8_t> out);
+  // `bytes` (at most kQemuMaxReadBytes) at each of `addrs`, pipelined (CommandBatch): one round
+  // trip for up to kMaxBatch reads. Errors as ReadMemory, naming the first address refused.
+  Result<std::vector<std::vector<std::uint8_t>>> ReadMemoryAt(std::span<const std::uint64_t> addrs,
+                                                              std::size_t bytes);
   // M, split so no packet exceeds what QEMU 7.2 accepts (see kQemuMaxWriteBytes).
   Status WriteMemory(std::uint64_t addr, std::span<const std::uint8_t> data);
 

@@ -321,9 +321,14 @@ Status QemuVm::StartGdbStub(const QemuVmOptions& options, bool vm_running) {
     unlink(sock.c_str());
   }
   gdb_sock_ = sock;
-  // Only one gdbserver per QEMU: replace whatever runs (QEMU keeps its own if we don't).
-  HV_RETURN_IF_ERROR(qmp_->Hmp("gdbserver none").status());
-  HV_ASSIGN_OR_RETURN(std::string out, qmp_->Hmp("gdbserver unix:" + sock + ",server=on,wait=off"));
+  // Only one gdbserver per QEMU: replace whatever runs (QEMU keeps its own if we don't). Both
+  // in one pipelined batch (QEMU runs them in order): one round trip.
+  std::vector<Result<json>> started = qmp_->ExecuteAll(
+      {{"human-monitor-command", json{{"command-line", "gdbserver none"}}},
+       {"human-monitor-command", json{{"command-line", "gdbserver unix:" + sock + ",server=on,wait=off"}}}});
+  HV_RETURN_IF_ERROR(started[0].status());
+  HV_RETURN_IF_ERROR(started[1].status());
+  const std::string out = started[1]->is_string() ? started[1]->get<std::string>() : "";
   if (out.find("Waiting for gdb connection") == std::string::npos) {
     return FailedPrecondition("HMP gdbserver answered '" + out.substr(0, out.find('\r')) + "'");
   }
@@ -375,7 +380,6 @@ Status QemuVm::VerifyFastPath() {
   // vCPU 0's top-level page table is never all zeros in a running kernel: a sample that
   // tells a wrong mapping from the right one even when most of RAM is still empty.
   HV_ASSIGN_OR_RETURN(VcpuState v0, ReadVcpu(0));
-  std::vector<std::uint8_t> via_gdb(kSampleBytes);
   const pid_t pid = pid_;
   const HostReader read_host = [pid](std::uint64_t hva, std::span<std::uint8_t> out) -> Status {
     iovec local{out.data(), out.size()};
@@ -397,12 +401,11 @@ Status QemuVm::VerifyFastPath() {
       const std::uint64_t pgd = v0.cr3 & pte::kAddrMask;
       if (pgd >= r.gpa && pgd + kSampleBytes <= r.end()) samples.push_back(pgd + 0x800);
     }
+    // One pipelined batch: the samples cost one round trip to QEMU, not one each.
+    Result<std::vector<std::vector<std::uint8_t>>> read = gdb_->ReadMemoryAt(samples, kSampleBytes);
+    if (!read.ok()) return read.status().WithContext("sampling guest RAM through the gdbstub");
     std::vector<MemorySample> truth;
-    for (std::uint64_t gpa : samples) {
-      Status s = gdb_->ReadMemory(gpa, via_gdb);
-      if (!s.ok()) return s.WithContext("sampling guest RAM through the gdbstub");
-      truth.push_back(MemorySample{gpa, via_gdb});
-    }
+    for (std::size_t i = 0; i < samples.size(); ++i) truth.push_back(MemorySample{samples[i], std::move((*read)[i])});
     HV_ASSIGN_OR_RETURN(const std::uint64_t base,
                         ChooseHostMapping(flat_, b.id, b.size, b.hvas, truth, read_host));
     HV_ASSIGN_OR_RETURN(std::vector<HostRange> ranges, RangesOfRegion(flat_, b.id, base, b.size));

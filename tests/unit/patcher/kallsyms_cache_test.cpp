@@ -109,14 +109,26 @@ TEST(KallsymsCacheTest, RefusesCorruptTruncatedAndForeignFiles) {
 TEST(KallsymsCacheTest, AResealedEntryIsStillCheckedInside) {
   std::string bytes = Encode(kKey, Sample());
   constexpr std::size_t kHeader = 176, kChecksumAt = 168, kTableHeader = 56;
+  // The checksum as kallsyms_cache.cpp computes it: four FNV-1a lanes over 8-byte words of the
+  // image, the header (checksum zeroed) in lane 0 first, folded with the image's size.
   auto reseal = [&](std::string b) {
+    constexpr std::uint64_t kPrime = 0x100000001b3ull;
     std::memset(b.data() + kChecksumAt, 0, 8);
-    std::uint64_t h = 0xcbf29ce484222325ull;
-    for (std::size_t i = 0; i + 8 <= b.size(); i += 8) {
+    std::uint64_t lane[4] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull, 0x9ce484222325cbf2ull, 0x2325cbf29ce48422ull};
+    auto word = [&](std::size_t at) {
       std::uint64_t w;
-      std::memcpy(&w, b.data() + i, 8);
-      h = (h ^ w) * 0x100000001b3ull;
+      std::memcpy(&w, b.data() + at, 8);
+      return w;
+    };
+    for (std::size_t i = 0; i < kHeader; i += 8) lane[0] = (lane[0] ^ word(i)) * kPrime;
+    const std::size_t image = b.size() - kHeader;
+    std::size_t i = 0;
+    for (; i + 32 <= image; i += 32) {
+      for (int l = 0; l < 4; ++l) lane[l] = (lane[l] ^ word(kHeader + i + 8 * l)) * kPrime;
     }
+    for (; i < image; ++i) lane[0] = (lane[0] ^ static_cast<unsigned char>(b[kHeader + i])) * kPrime;
+    std::uint64_t h = image;
+    for (std::uint64_t l : lane) h = (h ^ l) * kPrime;
     std::memcpy(b.data() + kChecksumAt, &h, 8);
     return b;
   };
