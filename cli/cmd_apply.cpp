@@ -8,6 +8,7 @@
 #include "cli/render.h"
 #include "cli/patch_set_record.h"
 #include "cli/session.h"
+#include "patcher/capstone_api.h"
 #include "patcher/patch_module.h"
 #include "patcher/run_pre.h"
 
@@ -18,6 +19,8 @@ int RunApplyRequest(const GlobalOptions& o, const std::vector<std::string>& args
                     const Command& command, bool dry_run) {
   if (!dry_run && IsFleetForm(args)) return RunFleet(o, command, args);
   if (args.size() != 2) return UsageError(command, "expected DOMAIN and PATCH.ko");
+  // The disassembler loads (~10 ms, patcher/capstone_api.h) while this thread waits on QEMU.
+  patcher::PreloadCapstone();
   auto bytes = ReadPatchFile(args[1]);
   if (!bytes.ok()) return ReportError(o, bytes.status());
   // A malformed module is refused before anything connects to the VM.

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "base/hex.h"
+#include "patcher/capstone_api.h"
 
 namespace hv::patcher {
 
@@ -19,15 +20,16 @@ constexpr std::uint8_t kNop5[5] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
 // Capstone's text for the one instruction at the start of `b`, or "bytes .." if it cannot decode.
 std::string Describe(std::span<const std::uint8_t> b, std::uint64_t va) {
   std::string text = "bytes " + HexBytes(b.subspan(0, std::min<std::size_t>(b.size(), 5)));
+  Result<const CapstoneApi*> cs = Capstone();
   csh h;
-  if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return text;
+  if (!cs.ok() || (*cs)->open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return text;
   cs_insn* insn = nullptr;
-  if (cs_disasm(h, b.data(), b.size(), va, 1, &insn) == 1) {
+  if ((*cs)->disasm(h, b.data(), b.size(), va, 1, &insn) == 1) {
     text = insn[0].mnemonic;
     if (insn[0].op_str[0] != '\0') text += std::string(" ") + insn[0].op_str;
-    cs_free(insn, 1);
+    (*cs)->free(insn, 1);
   }
-  cs_close(&h);
+  (*cs)->close(&h);
   return text;
 }
 
@@ -37,8 +39,14 @@ std::string Describe(std::span<const std::uint8_t> b, std::uint64_t va) {
 // nullopt and `why`.
 std::optional<std::pair<std::string, std::uint32_t>> DecodePlain(std::span<const std::uint8_t> b, std::uint64_t va,
                                                                  std::string& why) {
+  Result<const CapstoneApi*> loaded = Capstone();
+  if (!loaded.ok()) {
+    why = loaded.status().message();
+    return std::nullopt;
+  }
+  const CapstoneApi& cs = **loaded;
   csh h;
-  if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) {
+  if (cs.open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) {
     why = "the disassembler did not start";
     return std::nullopt;
   }
@@ -46,9 +54,9 @@ std::optional<std::pair<std::string, std::uint32_t>> DecodePlain(std::span<const
   std::uint32_t covered = 0;
   while (covered < 5) {
     cs_insn* insn = nullptr;
-    if (cs_disasm(h, b.data() + covered, b.size() - covered, va + covered, 1, &insn) != 1) {
+    if (cs.disasm(h, b.data() + covered, b.size() - covered, va + covered, 1, &insn) != 1) {
       why = "bytes at +" + std::to_string(covered) + " do not decode";
-      cs_close(&h);
+      cs.close(&h);
       return std::nullopt;
     }
     std::string one = insn[0].mnemonic;
@@ -56,17 +64,17 @@ std::optional<std::pair<std::string, std::uint32_t>> DecodePlain(std::span<const
     const std::uint8_t op = insn[0].bytes[0];
     const bool ud2 = insn[0].size == 2 && op == 0x0f && insn[0].bytes[1] == 0x0b;
     const std::uint32_t size = insn[0].size;
-    cs_free(insn, 1);
+    cs.free(insn, 1);
     if (op == 0xcc || op == 0xe8 || op == 0xe9 || op == 0xc3 || op == 0xc2 || ud2) {
       why = "'" + one + "' at +" + std::to_string(covered) + " under the jump";
-      cs_close(&h);
+      cs.close(&h);
       return std::nullopt;
     }
     if (!text.empty()) text += "; ";
     text += one;
     covered += size;
   }
-  cs_close(&h);
+  cs.close(&h);
   return std::make_pair(text, covered);
 }
 

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "base/hex.h"
+#include "patcher/capstone_api.h"
 
 namespace hv::patcher {
 
@@ -381,15 +382,18 @@ class Linker {
       if (sym.section == section && sym.type == STT_FUNC && sym.value <= offset && offset - sym.value < sym.size) fn = &sym;
     }
     if (fn == nullptr) return false;
+    Result<const CapstoneApi*> loaded = Capstone();
+    if (!loaded.ok()) return false;
+    const CapstoneApi& cs = **loaded;
     csh h;
-    if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return false;
-    cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);
-    cs_insn* insn = cs_malloc(h);
+    if (cs.open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return false;
+    cs.option(h, CS_OPT_DETAIL, CS_OPT_ON);
+    cs_insn* insn = cs.malloc(h);
     const std::uint8_t* code = s.bytes.data() + fn->value;
     std::size_t size = std::min<std::uint64_t>(fn->size, s.size - fn->value);
     std::uint64_t address = fn->value;
     bool gs = false;
-    while (address <= offset && cs_disasm_iter(h, &code, &size, &address, insn)) {
+    while (address <= offset && cs.disasm_iter(h, &code, &size, &address, insn)) {
       if (insn->address <= offset && offset + 4 <= insn->address + insn->size) {
         const cs_x86& x = insn->detail->x86;
         bool rip = false;
@@ -400,8 +404,8 @@ class Linker {
         break;
       }
     }
-    cs_free(insn, 1);
-    cs_close(&h);
+    cs.free(insn, 1);
+    cs.close(&h);
     return gs;
   }
 
