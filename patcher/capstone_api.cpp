@@ -6,9 +6,10 @@
 #include <string>
 #include <thread>
 
-#ifndef HV_CAPSTONE_SONAME
-#error "meson defines HV_CAPSTONE_SONAME (the runtime library's soname)"
-#endif
+// The runtime library's soname follows the API's major version (Debian 12: libcapstone.so.4).
+#define HV_STRINGIFY_(x) #x
+#define HV_STRINGIFY(x) HV_STRINGIFY_(x)
+#define HV_CAPSTONE_SONAME "libcapstone.so." HV_STRINGIFY(CS_API_MAJOR)
 
 namespace hv::patcher {
 namespace {
