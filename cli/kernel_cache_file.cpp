@@ -7,6 +7,8 @@
 
 #include <cerrno>
 
+#include "cli/replace_file.h"
+
 namespace hv::cli {
 namespace {
 
@@ -89,30 +91,7 @@ Result<std::string> KernelCacheFile::Load(const std::string& key) {
 
 Status KernelCacheFile::Save(const std::string& key, std::string_view bytes) {
   HV_RETURN_IF_ERROR(CheckKey(key));
-  if (mkdir(dir_.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoError("creating '" + dir_ + "'", errno);
-  const std::string path = dir_ + "/" + key + ".bin";
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return ErrnoError("creating '" + tmp + "'", errno);
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : EIO;
-      close(fd);
-      unlink(tmp.c_str());
-      return ErrnoError("writing '" + tmp + "'", err);
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  close(fd);
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    unlink(tmp.c_str());
-    return ErrnoError("renaming '" + tmp + "'", err);
-  }
-  return Status::Ok();
+  return ReplaceFile(dir_ + "/" + key + ".bin", bytes);
 }
 
 }  // namespace hv::cli

@@ -1,13 +1,13 @@
 #include "cli/vmcoreinfo_hint_file.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 
 #include "base/hex.h"
+#include "cli/replace_file.h"
 
 namespace hv::cli {
 namespace {
@@ -35,31 +35,6 @@ std::optional<std::uint64_t> VmcoreinfoHintFile::Load() const {
   return gpa;
 }
 
-Status VmcoreinfoHintFile::Save(std::uint64_t gpa) const {
-  const std::string data = Hex(gpa) + "\n";
-  const std::string dir = path_.substr(0, path_.rfind('/') == std::string::npos ? 0 : path_.rfind('/'));
-  if (!dir.empty() && mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return ErrnoError("creating '" + dir + "'", errno);
-  }
-  const std::string tmp = path_ + ".tmp." + std::to_string(getpid());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return ErrnoError("creating '" + tmp + "'", errno);
-  ssize_t n;
-  do {
-    n = write(fd, data.data(), data.size());
-  } while (n < 0 && errno == EINTR);
-  const int err = n < 0 ? errno : EIO;
-  close(fd);
-  if (n != static_cast<ssize_t>(data.size())) {
-    unlink(tmp.c_str());
-    return ErrnoError("writing '" + tmp + "'", err);
-  }
-  if (rename(tmp.c_str(), path_.c_str()) != 0) {
-    const int rename_err = errno;
-    unlink(tmp.c_str());
-    return ErrnoError("renaming '" + tmp + "'", rename_err);
-  }
-  return Status::Ok();
-}
+Status VmcoreinfoHintFile::Save(std::uint64_t gpa) const { return ReplaceFile(path_, Hex(gpa) + "\n"); }
 
 }  // namespace hv::cli
