@@ -300,9 +300,11 @@ TEST_F(FastPathTest, SecondCommandUsesTheKallsymsCacheAndADamagedEntryIsRebuilt)
 // from the entry. A command that had to parse BTF would record (and save) a new answer, so an
 // entry left byte for byte as it was means no command after the first parsed BTF.
 TEST_F(FastPathTest, CommandsAfterTheFirstApplyAnswerBtfFromTheCache) {
-  char t[] = "/tmp/hvpatch-fastpath-btf-XXXXXX";
-  ASSERT_NE(mkdtemp(t), nullptr);
-  const std::string state = t;
+  // The suite's own state directory: its ledger knows the arena the earlier tests' applies
+  // mapped (a fresh one is refused, rightly: "another hvpatch state directory holds this VM's
+  // patches"). Its cache goes, so the first apply below is cold.
+  const std::string state = state_;
+  std::filesystem::remove_all(state + "/cache");
   auto btf_path = [&]() -> std::filesystem::path {
     for (const auto& e : std::filesystem::directory_iterator(state + "/cache")) {
       if (e.path().filename().string().rfind("btf-", 0) == 0) return e.path();
@@ -314,7 +316,7 @@ TEST_F(FastPathTest, CommandsAfterTheFirstApplyAnswerBtfFromTheCache) {
     return std::string(std::istreambuf_iterator<char>(f), {});
   };
   auto first = Hvpatch({"--json", "apply", vm_->qmp_target(), PatchModule("hvp_sample")}, state);
-  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
   const std::string entry = btf_entry();
   ASSERT_FALSE(entry.empty()) << "the cold apply saved no BTF answers";
 
@@ -339,7 +341,6 @@ TEST_F(FastPathTest, CommandsAfterTheFirstApplyAnswerBtfFromTheCache) {
   EXPECT_EQ(Json(damaged)["thread_size"], Json(info)["thread_size"]);
   auto again = Hvpatch({"--json", "info", vm_->qmp_target()}, state);
   EXPECT_EQ(Json(again)["btf_cache"], "hit");
-  std::filesystem::remove_all(state);
 }
 
 }  // namespace
